@@ -1,0 +1,127 @@
+"""Decoding cohort images (PNG/JPEG/TIFF/BMP and DICOM) into normalized 8-bit arrays.
+
+Stored images are 8-bit grayscale: RSNA sources are 8-bit already, and for DICOM the
+VOI LUT/window (or a min-max window when none is given) is applied first, which is how a
+radiologist views the image; the networks consume 8-bit input, so 16 bits in the store
+would double its size for no gain downstream.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from boneage.rejects import Reason, RejectError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp"}
+# Order of preference when one id has several image files.
+SUFFIX_PRIORITY = [".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp"]
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    pixels: np.ndarray  # 2-D uint8, bone bright
+    format: str  # png / jpeg / dicom / tiff / bmp
+    sex: str | None = None  # only from DICOM headers
+    chronological_age_months: float | None = None
+    age_source: str | None = None
+
+
+def decode_file(path: Path, data: bytes, max_pixels: int) -> DecodedImage:
+    """Decode one file's bytes. Raises RejectError with the reason when it cannot."""
+    if len(data) >= 132 and data[128:132] == b"DICM" or path.suffix.lower() in {".dcm", ".dicom"}:
+        from boneage.dicom import read_dicom
+
+        pixels, info = read_dicom(path, max_pixels)
+        return DecodedImage(
+            pixels=pixels,
+            format="dicom",
+            sex=info.sex,
+            chronological_age_months=info.chronological_age_months,
+            age_source=info.age_source,
+        )
+    return decode_raster(data, max_pixels)
+
+
+def decode_raster(data: bytes, max_pixels: int) -> DecodedImage:
+    """PNG/JPEG/TIFF/BMP bytes → 2-D uint8 (EXIF orientation applied, 16-bit windowed)."""
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise RejectError(Reason.NOT_AN_IMAGE, "not a readable image format") from exc
+    except Image.DecompressionBombError as exc:  # PIL's own guard (> 2x its pixel limit)
+        raise RejectError(Reason.TOO_MANY_PIXELS, f"{exc} (max_pixels={max_pixels})") from exc
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a reject, not a crash
+        raise RejectError(Reason.UNREADABLE_IMAGE, f"cannot open image: {exc}") from exc
+    w, h = img.size
+    if w * h > max_pixels:
+        raise RejectError(
+            Reason.TOO_MANY_PIXELS, f"{w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels}"
+        )
+    fmt = (img.format or "unknown").lower()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img.load()
+        img = ImageOps.exif_transpose(img)
+    except Exception as exc:  # noqa: BLE001
+        raise RejectError(Reason.UNREADABLE_IMAGE, f"truncated or corrupt {fmt}: {exc}") from exc
+    return DecodedImage(pixels=to_uint8_gray(img), format=fmt)
+
+
+def to_uint8_gray(img: Image.Image) -> np.ndarray:
+    """Any PIL image → 2-D uint8. High bit depths are min-max windowed to 0..255."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        return window_to_uint8(arr, float(arr.min()), float(arr.max()))
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Composite on black so transparent padding does not become a bright frame.
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(bg, rgba)
+    if img.mode != "L":
+        img = img.convert("L")
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+def window_to_uint8(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Linear map [lo, hi] → [0, 255], clipped, rounded."""
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    out = (arr.astype(np.float64) - lo) * (255.0 / (hi - lo))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def resize_long_side(pixels: np.ndarray, long_side: int) -> tuple[np.ndarray, float]:
+    """Downscale so the long side is at most `long_side` (never upscale; aspect kept).
+
+    Returns the image and the scale factor stored/original.
+    """
+    h, w = pixels.shape
+    longest = max(h, w)
+    if longest <= long_side:
+        return pixels, 1.0
+    scale = long_side / longest
+    new_w = max(1, round(w * scale))
+    new_h = max(1, round(h * scale))
+    img = Image.fromarray(pixels)
+    # reducing_gap: a fast integer box pre-reduction, then an antialiased resize.
+    out = img.resize((new_w, new_h), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return np.asarray(out, dtype=np.uint8), scale
+
+
+def encode_png(pixels: np.ndarray, compress_level: int = 1) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """PNG bytes from the store → 2-D uint8."""
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("L") if img.mode != "L" else img, dtype=np.uint8)

@@ -1,0 +1,283 @@
+"""Ingest a cohort: decode every image once, normalize it, and write the image store,
+`manifest.parquet` and the rejected list.
+
+One implementation, called by the CLI (and so by the DVC stage) and by the Prefect task.
+Decoding runs in a process pool over all cores; the parent only writes shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from boneage.cohort import Candidate, Cohort, Rejected, discover
+from boneage.config import IngestConfig
+from boneage.imageio import decode_file, encode_png, resize_long_side
+from boneage.rejects import Reason, RejectError
+from boneage.split import assign_split, split_balance
+from boneage.store import StoreWriter
+
+MANIFEST_COLUMNS = [
+    "id", "sex", "boneage_months", "chronological_age_months", "split", "source", "format",
+    "sha256", "orig_height", "orig_width", "store_height", "store_width", "scale", "shard",
+    "sex_source", "age_source", "label_row",
+]  # fmt: skip
+REJECTED_COLUMNS = ["id", "source", "row", "reason", "detail"]
+
+
+@dataclass
+class IngestResult:
+    out: Path
+    manifest: pd.DataFrame
+    rejected: pd.DataFrame
+    seconds: float
+
+    @property
+    def summary(self) -> dict:
+        return {
+            "n_input": len(self.manifest) + len(self.rejected),
+            "n_ingested": len(self.manifest),
+            "n_rejected": len(self.rejected),
+            "rejected_by_reason": dict(
+                sorted(Counter(self.rejected["reason"]).items()) if len(self.rejected) else []
+            ),
+            "splits": {
+                s: int((self.manifest["split"] == s).sum()) for s in ("train", "val", "test")
+            },
+            "seconds": round(self.seconds, 2),
+            "images_per_second": round(len(self.manifest) / self.seconds, 2)
+            if self.seconds
+            else None,
+        }
+
+
+def process_image(path: Path, cfg: IngestConfig) -> dict:
+    """Read, hash, decode, check, normalize and re-encode one image.
+
+    Returns the store fields (and DICOM-derived fields). Raises RejectError.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RejectError(Reason.UNREADABLE_IMAGE, f"cannot read file: {exc.strerror}") from exc
+    if not data:
+        raise RejectError(Reason.UNREADABLE_IMAGE, "empty file (0 bytes)")
+    sha = hashlib.sha256(data).hexdigest()
+    img = decode_file(path, data, cfg.max_pixels)
+    px = img.pixels
+    if px.ndim != 2 or min(px.shape) < 1:
+        raise RejectError(Reason.UNREADABLE_IMAGE, f"unexpected decoded shape {px.shape}")
+    std = float(px.std())
+    if std < cfg.min_std:
+        raise RejectError(
+            Reason.BLANK_IMAGE,
+            f"blank or constant image (pixel std {std:.2f} < min_std {cfg.min_std:g})",
+        )
+    small, scale = resize_long_side(px, cfg.store_long_side)
+    return {
+        "png": encode_png(small, cfg.png_compress_level),
+        "height": int(small.shape[0]),
+        "width": int(small.shape[1]),
+        "orig_height": int(px.shape[0]),
+        "orig_width": int(px.shape[1]),
+        "scale": float(scale),
+        "sha256": sha,
+        "format": img.format,
+        "dicom_sex": img.sex,
+        "dicom_age": img.chronological_age_months,
+        "dicom_age_source": img.age_source,
+    }
+
+
+def _work(args: tuple[Path, IngestConfig]) -> tuple[dict | None, tuple[Reason, str] | None]:
+    path, cfg = args
+    try:
+        return process_image(path, cfg), None
+    except RejectError as exc:
+        return None, (exc.reason, exc.detail)
+    except Exception as exc:  # noqa: BLE001 - one bad image never stops the batch
+        return None, (Reason.UNREADABLE_IMAGE, f"{type(exc).__name__}: {exc}")
+
+
+def _pool_context() -> mp.context.BaseContext:
+    methods = mp.get_all_start_methods()
+    return mp.get_context("fork" if "fork" in methods else "spawn")
+
+
+def _iter_results(cands: list[Candidate], cfg: IngestConfig, workers: int, progress: bool):
+    jobs = [(c.path, cfg) for c in cands]
+    bar = tqdm(total=len(jobs), desc="ingest", unit="img", disable=not progress, file=sys.stderr)
+    try:
+        if workers <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                yield _work(job)
+                bar.update()
+        else:
+            chunk = max(1, min(16, len(jobs) // (workers * 8)))
+            with _pool_context().Pool(workers) as pool:
+                for res in pool.imap(_work, jobs, chunksize=chunk):
+                    yield res
+                    bar.update()
+    finally:
+        bar.close()
+
+
+def _finish_row(c: Candidate, rec: dict, cfg: IngestConfig) -> tuple[dict | None, Rejected | None]:
+    """Combine CSV and DICOM metadata; reject what only decoding could reveal."""
+    sex, sex_source = c.sex, c.sex_source
+    if sex is None and rec["dicom_sex"] in ("M", "F"):
+        sex, sex_source = rec["dicom_sex"], "dicom"
+    if sex is None:
+        if not cfg.allow_unknown_sex:
+            return None, Rejected(
+                Reason.UNKNOWN_SEX,
+                "no sex in the CSV or the DICOM header",
+                c.id,
+                c.source,
+                c.label_row,
+            )
+        sex = "U"
+    chrono, age_source = c.chronological_age_months, "csv"
+    if chrono is None:
+        chrono, age_source = rec["dicom_age"], rec["dicom_age_source"]
+        if chrono is not None and not 0 <= chrono <= 240:
+            return None, Rejected(
+                Reason.LABEL_OUT_OF_RANGE,
+                f"chronological age {chrono:.1f} months from the DICOM header outside 0-240",
+                c.id,
+                c.source,
+                c.label_row,
+            )
+    return {
+        "id": c.id,
+        "sex": sex,
+        "boneage_months": c.boneage_months,
+        "chronological_age_months": chrono,
+        "split": assign_split(c.id, cfg.split),
+        "source": c.source,
+        "format": rec["format"],
+        "sha256": rec["sha256"],
+        "orig_height": rec["orig_height"],
+        "orig_width": rec["orig_width"],
+        "store_height": rec["height"],
+        "store_width": rec["width"],
+        "scale": rec["scale"],
+        "sex_source": sex_source,
+        "age_source": age_source if chrono is not None else None,
+        "label_row": c.label_row,
+    }, None
+
+
+def ingest(
+    cohort_dir: Path,
+    labels: Path | None,
+    out: Path,
+    cfg: IngestConfig,
+    *,
+    progress: bool = True,
+) -> IngestResult:
+    """Ingest a cohort into OUT: store/, manifest.parquet, rejected.{csv,parquet}, summary.json.
+
+    Raises CohortError when the cohort as a whole cannot be read.
+    """
+    t0 = time.perf_counter()
+    out = Path(out)
+    cohort: Cohort = discover(
+        cohort_dir,
+        labels,
+        require_labels=cfg.require_labels,
+        allow_unknown_sex=cfg.allow_unknown_sex,
+    )
+    rejected: list[Rejected] = list(cohort.rejected)
+    rows: list[dict] = []
+    workers = cfg.workers or os.cpu_count() or 1
+    out.mkdir(parents=True, exist_ok=True)
+    with StoreWriter(out / "store", cfg.shard_size, cfg.store_long_side) as writer:
+        results = _iter_results(cohort.candidates, cfg, workers, progress)
+        for c, (rec, err) in zip(cohort.candidates, results, strict=True):
+            if err is not None:
+                rejected.append(Rejected(err[0], err[1], c.id, c.source, c.label_row))
+                continue
+            row, bad = _finish_row(c, rec, cfg)
+            if bad is not None:
+                rejected.append(bad)
+                continue
+            row["shard"] = writer.add(
+                {
+                    k: rec[k]
+                    for k in (
+                        "png",
+                        "height",
+                        "width",
+                        "orig_height",
+                        "orig_width",
+                        "scale",
+                        "sha256",
+                    )
+                }
+                | {"id": c.id}
+            )
+            rows.append(row)
+    manifest = _frame(rows, MANIFEST_COLUMNS)
+    rej = _frame([r.as_dict() for r in rejected], REJECTED_COLUMNS)
+    write_tables(out, manifest, rej)
+    result = IngestResult(
+        out=out, manifest=manifest, rejected=rej, seconds=time.perf_counter() - t0
+    )
+    (out / "summary.json").write_text(json.dumps(result.summary, indent=2) + "\n")
+    return result
+
+
+def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=columns)
+    for col in ("boneage_months", "chronological_age_months", "scale"):
+        if col in df:
+            df[col] = df[col].astype("float64")
+    for col in ("orig_height", "orig_width", "store_height", "store_width"):
+        if col in df:
+            df[col] = df[col].astype("int64")
+    for col in ("label_row", "row"):
+        if col in df:
+            df[col] = df[col].astype("Int64")
+    for col in df.columns:
+        if df[col].dtype == object:
+            df[col] = df[col].astype("string")
+    return df
+
+
+def write_tables(out: Path, manifest: pd.DataFrame, rejected: pd.DataFrame) -> None:
+    manifest.to_parquet(out / "manifest.parquet", index=False)
+    rejected.to_parquet(out / "rejected.parquet", index=False)
+    rejected.to_csv(out / "rejected.csv", index=False)
+
+
+def format_summary(result: IngestResult) -> str:
+    s = result.summary
+    lines = [
+        f"ingested {s['n_ingested']} of {s['n_input']} inputs in {s['seconds']:.1f}s "
+        f"({s['images_per_second'] or 0:.1f} img/s) -> {result.out}",
+        "splits: " + ", ".join(f"{k}={v}" for k, v in s["splits"].items()),
+        f"rejected: {s['n_rejected']}",
+    ]
+    for reason, n in s["rejected_by_reason"].items():
+        lines.append(f"  {reason:<22} {n}")
+    if len(result.manifest):
+        bal = split_balance(result.manifest)
+        lines.append("split shares by stratum (age band x sex):")
+        for (band, sex), r in bal.iterrows():
+            lines.append(
+                f"  {band:<7} {sex}  n={int(r['train'] + r['val'] + r['test']):>5}  "
+                f"train {r['train_share']:.2f}  val {r['val_share']:.2f}  "
+                f"test {r['test_share']:.2f}"
+            )
+    return "\n".join(lines)
