@@ -9,7 +9,9 @@ would double its size for no gain downstream.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,9 +118,34 @@ def resize_long_side(pixels: np.ndarray, long_side: int) -> tuple[np.ndarray, fl
 
 
 def encode_png(pixels: np.ndarray, compress_level: int = 1) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
+    """2-D uint8 → a standard 8-bit grayscale PNG.
+
+    Written directly (PNG "Sub" filter on every row + zlib with the RLE strategy) because
+    Pillow's encoder with adaptive filtering is ~3x slower at the same size, and encoding
+    is the largest cost of ingest. Any PNG reader (Pillow, browsers) decodes it.
+    """
+    if pixels.dtype != np.uint8 or pixels.ndim != 2:
+        raise ValueError(f"encode_png needs a 2-D uint8 array, got {pixels.dtype} {pixels.shape}")
+    h, w = pixels.shape
+    raw = np.empty((h, w + 1), dtype=np.uint8)
+    raw[:, 0] = 1  # filter type 1 = Sub: each byte minus the byte to its left (mod 256)
+    raw[:, 1] = pixels[:, 0]
+    np.subtract(pixels[:, 1:], pixels[:, :-1], out=raw[:, 2:])
+    comp = zlib.compressobj(compress_level, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    idat = comp.compress(raw.tobytes()) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)  # 8-bit, grayscale, no interlace
+    return b"".join(
+        [_PNG_SIGNATURE, _png_chunk(b"IHDR", ihdr), _png_chunk(b"IDAT", idat),
+         _png_chunk(b"IEND", b"")]
+    )  # fmt: skip
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(data, zlib.crc32(kind)) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
 
 def decode_png(data: bytes) -> np.ndarray:

@@ -77,7 +77,7 @@ def process_image(path: Path, cfg: IngestConfig) -> dict:
     px = img.pixels
     if px.ndim != 2 or min(px.shape) < 1:
         raise RejectError(Reason.UNREADABLE_IMAGE, f"unexpected decoded shape {px.shape}")
-    std = float(px.std())
+    std = float(px[::4, ::4].std())  # subsampled: blank detection needs no full pass
     if std < cfg.min_std:
         raise RejectError(
             Reason.BLANK_IMAGE,

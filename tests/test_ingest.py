@@ -314,3 +314,17 @@ def test_cli_ingest_on_real_fullres(rsna_fullres, tmp_path):
     assert "ingested 12 of 12" in proc.stdout
     assert (tmp_path / "s.json").is_file()
     shutil.rmtree(tmp_path / "o")
+
+
+def test_png_encoder_roundtrips_through_pillow():
+    from boneage.imageio import encode_png
+
+    rng = np.random.default_rng(0)
+    for shape in [(1, 1), (7, 13), (299, 299), (120, 1)]:
+        px = rng.integers(0, 256, shape, dtype=np.uint8)
+        data = encode_png(px)
+        with Image.open(__import__("io").BytesIO(data)) as img:
+            assert img.format == "PNG" and img.mode == "L"
+            np.testing.assert_array_equal(np.asarray(img), px)
+    with pytest.raises(ValueError):
+        encode_png(np.zeros((4, 4), np.uint16))
