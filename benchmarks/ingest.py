@@ -5,7 +5,8 @@
 Prints images/s of `boneage.ingest.ingest` (discovery, hashing, decoding, checks,
 resize, PNG encode, Parquet shards, manifest) and of the baseline (read file, decode with
 Pillow, grayscale, resize to the same long side) run in a process pool of the same size,
-then the ratio ingest/baseline (goal ≥ 0.8). Data: ../shared/data (BONEAGE_DATA_DIR).
+then the ratio ingest/baseline (goal ≥ 0.8), and how fast one process reads the store back.
+Data: ../shared/data (BONEAGE_DATA_DIR).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from boneage.config import IngestConfig  # noqa: E402
 from boneage.imageio import resize_long_side  # noqa: E402
 from boneage.ingest import ingest  # noqa: E402
+from boneage.store import ImageStore  # noqa: E402
 
 DATA = Path(os.environ.get("BONEAGE_DATA_DIR", Path(__file__).resolve().parents[2] / "shared/data"))
 
@@ -96,11 +98,17 @@ def main() -> None:
             ing_t = min(ing_t, time.perf_counter() - t0)
             assert len(res.manifest) == n, res.rejected.head()
 
+        # reading the store back (what training does): decode every stored PNG, one process
+        t0 = time.perf_counter()
+        n_read = sum(1 for _ in ImageStore(tmp / "out0" / "store").iter_images())
+        read_ips = n_read / (time.perf_counter() - t0)
+
     base_ips, ing_ips = n / base_t, n / ing_t
     print(f"dataset={args.dataset} images={n} workers={workers} long_side={cfg.store_long_side}")
     print(f"baseline decode+resize : {base_ips:8.1f} images/s")
     print(f"boneage ingest         : {ing_ips:8.1f} images/s")
     print(f"ratio ingest/baseline  : {ing_ips / base_ips:8.2f}  (goal >= 0.8)")
+    print(f"store read (1 process) : {read_ips:8.1f} images/s")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from boneage.rejects import Reason, RejectError
 
+try:  # ISA-L deflate: same zlib stream format, several times faster at low levels
+    from isal import isal_zlib as _isal_zlib
+except ImportError:  # pragma: no cover - optional speed-up
+    _isal_zlib = None
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp"}
 # Order of preference when one id has several image files.
 SUFFIX_PRIORITY = [".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp"]
@@ -120,9 +125,10 @@ def resize_long_side(pixels: np.ndarray, long_side: int) -> tuple[np.ndarray, fl
 def encode_png(pixels: np.ndarray, compress_level: int = 1) -> bytes:
     """2-D uint8 → a standard 8-bit grayscale PNG.
 
-    Written directly (PNG "Sub" filter on every row + zlib with the RLE strategy) because
-    Pillow's encoder with adaptive filtering is ~3x slower at the same size, and encoding
-    is the largest cost of ingest. Any PNG reader (Pillow, browsers) decodes it.
+    Written directly (PNG "Sub" filter on every row + deflate) because encoding is the
+    largest cost of ingest: Pillow's encoder (adaptive filters, zlib) is ~3x slower than
+    Sub + zlib-RLE, and ISA-L's deflate (levels 0-3, used when `isal` is installed) is
+    another ~5x faster at a similar size. Levels 4-9 use zlib. Any PNG reader decodes it.
     """
     if pixels.dtype != np.uint8 or pixels.ndim != 2:
         raise ValueError(f"encode_png needs a 2-D uint8 array, got {pixels.dtype} {pixels.shape}")
@@ -131,8 +137,11 @@ def encode_png(pixels: np.ndarray, compress_level: int = 1) -> bytes:
     raw[:, 0] = 1  # filter type 1 = Sub: each byte minus the byte to its left (mod 256)
     raw[:, 1] = pixels[:, 0]
     np.subtract(pixels[:, 1:], pixels[:, :-1], out=raw[:, 2:])
-    comp = zlib.compressobj(compress_level, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
-    idat = comp.compress(raw.tobytes()) + comp.flush()
+    if _isal_zlib is not None and compress_level <= 3:
+        idat = _isal_zlib.compress(raw.tobytes(), compress_level)
+    else:
+        comp = zlib.compressobj(compress_level, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+        idat = comp.compress(raw.tobytes()) + comp.flush()
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)  # 8-bit, grayscale, no interlace
     return b"".join(
         [_PNG_SIGNATURE, _png_chunk(b"IHDR", ihdr), _png_chunk(b"IDAT", idat),
