@@ -29,6 +29,11 @@ run: install
 	@echo "  data/interim/ingest/               image store, manifest.parquet, rejected.csv"
 	@echo "  data/reports/ingest_summary.json   ingest counts by reason and split"
 	@echo "  data/reports/validation/           validation.json + Great Expectations data docs"
+	@echo "  data/models/localizer_{hand,r1,r2}/ localizer checkpoints + config.json + metrics"
+	@echo "  data/processed/attend/{hand,r1,r2}/ regions.parquet, crop stores, review PNGs (r1: erased/)"
+	@echo "  data/reports/attend/{hand,r1,r2}/   CAM overlays (overlays.png montage)"
+	@echo "  data/reports/localization.json      demo boxes vs ground truth"
+	@python -m boneage.cli check-regions --truth data/raw/demo/boxes.csv --out data/reports/localization.json
 
 test: install
 	pytest

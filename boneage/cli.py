@@ -113,5 +113,117 @@ def validate(
         raise typer.Exit(1)
 
 
+StageOpt = Annotated[str, typer.Option(help="localizer stage: hand | r1 | r2")]
+
+
+def _stage_paths(ingest_dir: Path, attend_root: Path):
+    from boneage.localizer import StagePaths
+
+    return StagePaths(ingest=ingest_dir, attend_root=attend_root)
+
+
+@app.command("train-localizer")
+def train_localizer(
+    stage: StageOpt,
+    ingest_dir: Annotated[Path, typer.Option("--ingest", help="ingest output dir")] = Path(
+        "data/interim/ingest"
+    ),
+    attend_root: Annotated[Path, typer.Option("--attend-root", help="attend outputs")] = Path(
+        "data/processed/attend"
+    ),
+    out: Annotated[
+        Path | None, typer.Option(help="model dir [data/models/localizer_STAGE]")
+    ] = None,
+    metrics_out: Annotated[
+        Path | None, typer.Option("--metrics", help="also write metrics JSON here (DVC metric)")
+    ] = None,
+    params: ParamsOpt = DEFAULT_PARAMS,
+    track: Annotated[bool, typer.Option(help="log to MLflow")] = True,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Train the hand, r1 or r2 age-distribution localizer (checkpoint + config JSON)."""
+    from boneage.localizer import STAGES
+    from boneage.localizer import train_localizer as run
+    from boneage.tracking import Tracker
+
+    if stage not in STAGES:
+        _fail(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    p = _params(params)
+    out = out or Path("data/models") / f"localizer_{stage}"
+    try:
+        metrics = run(
+            stage, p, _stage_paths(ingest_dir, attend_root), out, Tracker(track), progress
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    if metrics_out is not None:
+        metrics_out.parent.mkdir(parents=True, exist_ok=True)
+        metrics_out.write_text(json.dumps(metrics, indent=2) + "\n")
+    typer.echo(
+        f"localizer {stage}: val MAE {metrics['val_mae']:.2f} months "
+        f"(predicting the training mean: {metrics['val_mae_predict_train_mean']:.2f}; "
+        f"{100 * metrics['improvement_over_mean']:.0f}% lower) -> {out}"
+    )
+
+
+@app.command()
+def attend(
+    stage: StageOpt,
+    ingest_dir: Annotated[Path, typer.Option("--ingest", help="ingest output dir")] = Path(
+        "data/interim/ingest"
+    ),
+    attend_root: Annotated[Path, typer.Option("--attend-root", help="attend outputs")] = Path(
+        "data/processed/attend"
+    ),
+    model: Annotated[Path | None, typer.Option(help="[data/models/localizer_STAGE]")] = None,
+    reports: Annotated[Path | None, typer.Option(help="[data/reports/attend/STAGE]")] = None,
+    params: ParamsOpt = DEFAULT_PARAMS,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Batch CAM generation: boxes, crops from the original resolution, overlays."""
+    from boneage.attend import attend as run
+    from boneage.localizer import STAGES
+
+    if stage not in STAGES:
+        _fail(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    p = _params(params)
+    model = model or Path("data/models") / f"localizer_{stage}"
+    reports = reports or Path("data/reports/attend") / stage
+    paths = _stage_paths(ingest_dir, attend_root)
+    try:
+        summary = run(stage, p, paths, model, paths.attend_dir(stage), reports, progress)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"attend {stage}: {summary['n']} images, status {summary['status']}, "
+        f"{summary['images_per_second']} img/s -> {paths.attend_dir(stage)}"
+    )
+
+
+@app.command("check-regions")
+def check_regions(
+    truth: Annotated[Path, typer.Option(help="ground-truth boxes.csv (demo cohort)")],
+    attend_root: Annotated[Path, typer.Option("--attend-root")] = Path("data/processed/attend"),
+    out: Annotated[Path | None, typer.Option(help="write the result JSON here")] = None,
+    split: Annotated[list[str] | None, typer.Option(help="splits to score [test]")] = None,
+) -> None:
+    """Score hand/R1/R2 boxes against ground truth (the synthetic demo's boxes.csv)."""
+    from boneage.localization_eval import acceptance, evaluate_localization
+
+    if not truth.is_file():
+        _fail(f"{truth}: ground-truth boxes not found")
+    result = evaluate_localization(attend_root, truth, tuple(split or ["test"]))
+    result["acceptance"] = {
+        k: {"observed": v, "goal": g, "passed": ok} for k, (v, g, ok) in acceptance(result).items()
+    }
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    typer.echo(f"localization vs ground truth ({', '.join(result['splits'])} split):")
+    for name, r in result["acceptance"].items():
+        obs = "n/a" if r["observed"] is None else f"{100 * r['observed']:.0f}%"
+        typer.echo(f"  {name:<34} {obs:>5}  (goal >= {100 * r['goal']:.0f}%)")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -70,6 +70,110 @@ class ValidateConfig(Strict):
     require_labels: bool = True
 
 
+# ----------------------------------------------------------------------------- models
+
+
+class ModelConfig(Strict):
+    backbone: str = "efficientnet_lite0"
+    pretrained: str = "offline-imagenet"  # offline-imagenet | hub | none
+    pool: str = Field("avg", pattern="^(avg|max)$")
+    output_stride: int = Field(32, description="32, or 16/8 for finer CAMs (timm models)")
+    sex_dim: int = Field(0, ge=0)  # 0 = no sex input
+    k: int = Field(240, ge=2)
+    dropout: float = Field(0.2, ge=0, lt=1)
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_frac: float = Field(0.05, ge=0, lt=1)
+    patience: int = Field(5, ge=1)  # epochs without val-MAE improvement before stopping
+    seed: int = 0
+    max_train_images: int | None = Field(None, ge=1)  # subset for CPU runs
+    max_val_images: int | None = Field(None, ge=1)
+    sigma: float = Field(15.0, gt=0)  # Gaussian label distribution width (months)
+    lam: float = Field(0.5, ge=0)  # weight of KL(G || p) next to |y - E[p]|
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True  # on CUDA
+    compile: bool = False  # torch.compile the model (CUDA)
+    threads: int = Field(0, ge=0)  # torch CPU threads, 0 = library default
+
+
+class AugmentConfig(Strict):
+    rotation_deg: float = Field(15.0, ge=0, le=180)
+    scale: tuple[float, float] = (0.9, 1.1)
+    shift: float = Field(0.08, ge=0, le=0.5)  # fraction of the side
+    hflip_p: float = Field(0.0, ge=0, le=1)  # hands are left hands: off by default
+    brightness: float = Field(0.1, ge=0, le=1)  # additive, fraction of full range
+    contrast: tuple[float, float] = (0.85, 1.15)
+    gamma: tuple[float, float] = (0.8, 1.25)
+
+
+class LocalizerStageConfig(Strict):
+    """Per-stage settings of a localizer (hand / r1 / r2)."""
+
+    img_size: int = Field(256, ge=32)  # network input side (letterboxed square)
+    epochs: int | None = Field(None, ge=1)  # overrides localizer.train.epochs
+    # hide-and-seek while training: grid×grid patches, each hidden with probability
+    # hide_p, so the CAM covers the whole region rather than its most telling part
+    hide_grid: int = Field(0, ge=0)
+    hide_p: float = Field(0.5, ge=0, le=1)
+
+
+class LocalizerConfig(Strict):
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    augment: AugmentConfig = AugmentConfig()
+    cam_window: int = Field(12, ge=0)  # CAM: classes within ±window months of the predicted age
+    hand: LocalizerStageConfig = LocalizerStageConfig()
+    r1: LocalizerStageConfig = LocalizerStageConfig()
+    r2: LocalizerStageConfig = LocalizerStageConfig()
+
+    def stage(self, name: str) -> LocalizerStageConfig:
+        return getattr(self, name)
+
+
+RelBox = tuple[float, float, float, float]
+
+
+class AttendStageConfig(Strict):
+    # Network input side for the CAM pass (None: the localizer's training size). The
+    # localizer is fully convolutional: the age (and so the CAM's class window) is
+    # predicted at the trained size, the feature maps for the CAM come from a pass at
+    # cam_size; ~2x the training size gives a grid twice as fine and localizes markedly
+    # better (measured on the demo cohort).
+    cam_size: int | None = Field(None, ge=32)
+    tau: float = Field(0.5, gt=0, le=1)  # CAM threshold (CAM normalised to [0, 1])
+    margin: float = Field(0.1, ge=0, le=1)  # box growth per side, fraction of box size
+    crop_size: int = Field(256, ge=16)  # side of the square crop written to the crop store
+    min_area: float = Field(0.002, ge=0, lt=1)  # smallest component, fraction of the input
+    # Box used when no CAM component passes (status 'fallback_prior'), relative to the
+    # stage's input view: (x0, y0, x1, y1) in [0, 1].
+    prior: RelBox = (0.0, 0.0, 1.0, 1.0)
+    erase: str = Field("mean", pattern="^(mean|noise|blur)$")  # r1: how E fills the R1 box
+
+
+class AttendConfig(Strict):
+    batch_size: int = Field(32, ge=1)
+    device: str = "auto"
+    overlays_per_split: int = Field(8, ge=0)
+    png_store: bool = True  # also write every crop as a PNG file for review
+    hand: AttendStageConfig = AttendStageConfig(tau=0.25, margin=0.08, crop_size=512)
+    r1: AttendStageConfig = AttendStageConfig(
+        tau=0.5, margin=0.15, crop_size=256, prior=(0.25, 0.55, 0.75, 0.95)
+    )
+    r2: AttendStageConfig = AttendStageConfig(
+        tau=0.4, margin=0.1, crop_size=256, prior=(0.1, 0.0, 0.9, 0.7)
+    )
+
+    def stage(self, name: str) -> AttendStageConfig:
+        return getattr(self, name)
+
+
 class Params(Strict):
     """All of params.yaml. Sections are optional; missing ones take their defaults."""
 
@@ -77,6 +181,8 @@ class Params(Strict):
     demo: DemoConfig = DemoConfig()
     ingest: IngestConfig = IngestConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    localizer: LocalizerConfig = LocalizerConfig()
+    attend: AttendConfig = AttendConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

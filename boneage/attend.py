@@ -1,0 +1,366 @@
+"""Batch CAM generation: localizer CAM → threshold → largest connected component → box
+→ original coordinates → crop from the highest resolution in the store.
+
+For every image of every split, `attend` writes (under OUT = data/processed/attend/STAGE):
+- `regions.parquet`: id, split, stage, status, box and square crop box in ORIGINAL pixel
+  coordinates, CAM peak / area above τ / CAM mass inside the box, predicted age;
+- `crops/`: a crop store (Parquet shards of PNG) of the square crop around the box, cut
+  from the ingest store (the highest resolution kept) and resized to the stage's crop size;
+- `png/SPLIT/ID.png`: the same crops as PNG files, for review (params attend.png_store);
+- r1 only: `erased/`, a store of the hand crops with the R1 box filled (image E), the
+  input of the r2 localizer;
+and overlays (input + CAM + box) for a sample of each split under the reports dir.
+
+Status per image: `ok`; `fallback_prior` when no CAM component passes τ (or it is smaller
+than `min_area`): the box is then the stage's prior box (params) in the input view;
+`error` with a message when the image could not be processed (one bad image never stops
+the batch; it gets no crop).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from scipy import ndimage
+from tqdm import tqdm
+
+from boneage.config import AttendStageConfig, Params
+from boneage.geometry import Affine, Box, clip, crop_resize, expand, square
+from boneage.imageio import encode_png
+from boneage.localizer import STAGES, StagePaths, check_stage, read_manifest
+from boneage.store import ImageStore, StoreWriter
+from boneage.training import load_model, resolve_device
+from boneage.views import iter_view_shards
+
+REGION_COLUMNS = [
+    "id", "split", "stage", "status", "message", "x0", "y0", "x1", "y1",
+    "crop_x0", "crop_y0", "crop_x1", "crop_y1", "orig_width", "orig_height",
+    "cam_peak", "cam_area", "cam_mass_in_box", "pred_age_months",
+]  # fmt: skip
+
+
+@dataclass
+class CamBox:
+    box: Box  # in input (network) pixels
+    status: str
+    area: float  # fraction of input pixels with CAM ≥ τ
+    mass_in_box: float  # share of total CAM inside the box
+
+
+def cam_to_box(cam: np.ndarray, cfg: AttendStageConfig, prior_in_input: Box) -> CamBox:
+    """Threshold a [0,1] CAM, keep the largest connected component, return its box."""
+    mask = cam >= cfg.tau
+    labels, n = ndimage.label(mask)
+    total = float(cam.sum())
+    if n == 0:
+        return CamBox(prior_in_input, "fallback_prior", 0.0, _mass(cam, prior_in_input, total))
+    sizes = np.bincount(labels.ravel())[1:]
+    best = int(np.argmax(sizes)) + 1
+    if sizes[best - 1] < cfg.min_area * cam.size:
+        return CamBox(prior_in_input, "fallback_prior", float(mask.mean()),
+                      _mass(cam, prior_in_input, total))  # fmt: skip
+    sl = ndimage.find_objects(labels)[best - 1]
+    box = (float(sl[1].start), float(sl[0].start), float(sl[1].stop), float(sl[0].stop))
+    return CamBox(box, "ok", float(mask.mean()), _mass(cam, box, total))
+
+
+def _mass(cam: np.ndarray, b: Box, total: float) -> float:
+    if total <= 0:
+        return 0.0
+    x0, y0 = max(0, int(b[0])), max(0, int(b[1]))
+    x1, y1 = int(np.ceil(b[2])), int(np.ceil(b[3]))
+    return float(cam[y0:y1, x0:x1].sum() / total)
+
+
+def erase(img: np.ndarray, b: Box, mode: str, rng: np.random.Generator) -> np.ndarray:
+    """Fill box `b` (image pixels) of img: with the image mean, matched noise, or a blur."""
+    out = img.copy()
+    h, w = img.shape
+    x0, y0 = max(0, int(np.floor(b[0]))), max(0, int(np.floor(b[1])))
+    x1, y1 = min(w, int(np.ceil(b[2]))), min(h, int(np.ceil(b[3])))
+    if x1 <= x0 or y1 <= y0:
+        return out
+    if mode == "mean":
+        out[y0:y1, x0:x1] = np.uint8(round(float(img.mean())))
+    elif mode == "noise":
+        noise = rng.normal(img.mean(), img.std(), (y1 - y0, x1 - x0))
+        out[y0:y1, x0:x1] = np.clip(noise, 0, 255).astype(np.uint8)
+    else:
+        sigma = max(y1 - y0, x1 - x0) / 4
+        out[y0:y1, x0:x1] = ndimage.gaussian_filter(img.astype(np.float32), sigma)[y0:y1, x0:x1]
+    return out
+
+
+def _rel_box(rel: tuple[float, float, float, float], w: float, h: float) -> Box:
+    return (rel[0] * w, rel[1] * h, rel[2] * w, rel[3] * h)
+
+
+class _ViewToOrig:
+    """Maps a stage's view pixels to original image pixels."""
+
+    def __init__(self, stage: str, manifest: pd.DataFrame, paths: StagePaths):
+        self.m = manifest.set_index("id")
+        self.stage = stage
+        self.hand: pd.DataFrame | None = None
+        self.view_side: int | None = None
+        if stage != "hand":
+            hand_regions = paths.attend_dir("hand") / "regions.parquet"
+            if not hand_regions.is_file():
+                raise FileNotFoundError(f"{hand_regions}: run `boneage attend --stage hand` first")
+            self.hand = pd.read_parquet(hand_regions).set_index("id")
+            self.view_side = int(json.loads((paths.input_store(stage) / "store.json").read_text())
+                                 ["crop_size"])  # fmt: skip
+
+    def view_size(self, id_: str) -> tuple[float, float]:
+        """(width, height) of the stage's view image in its own pixels."""
+        if self.view_side is None:
+            r = self.m.loc[id_]
+            return float(r["store_width"]), float(r["store_height"])
+        return float(self.view_side), float(self.view_side)
+
+    def __call__(self, id_: str) -> Affine:
+        if self.hand is None:
+            r = self.m.loc[id_]
+            return Affine(r["orig_width"] / r["store_width"], 0.0,
+                          r["orig_height"] / r["store_height"], 0.0)  # fmt: skip
+        h = self.hand.loc[id_]
+        v = self.view_side
+        return Affine((h["crop_x1"] - h["crop_x0"]) / v, h["crop_x0"],
+                      (h["crop_y1"] - h["crop_y0"]) / v, h["crop_y0"])  # fmt: skip
+
+
+def attend(
+    stage: str,
+    params: Params,
+    paths: StagePaths,
+    model_dir: Path,
+    out_dir: Path,
+    reports_dir: Path,
+    progress: bool = True,
+    limit: int | None = None,
+) -> dict:
+    """Run CAM localization for one stage over every image; see the module docstring."""
+    check_stage(stage)
+    acfg = params.attend
+    scfg = acfg.stage(stage)
+    device = resolve_device(acfg.device)
+    model, meta = load_model(model_dir, device)
+    if meta.get("stage") != stage:
+        raise ValueError(f"{model_dir} is the {meta.get('stage')!r} localizer, not {stage!r}")
+    train_size, window = int(meta["img_size"]), int(meta["cam_window"])
+    size = scfg.cam_size or train_size
+    manifest = read_manifest(paths.manifest)
+    if limit is not None:
+        manifest = manifest.head(limit)
+    split_of = manifest.set_index("id")["split"]
+    to_orig = _ViewToOrig(stage, manifest, paths)
+    ingest_store = ImageStore(paths.store)
+    view_store = ImageStore(paths.input_store(stage)) if stage == "r1" else None
+    rng = np.random.default_rng(0)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png_dir = out_dir / "png"
+    overlay_dir = reports_dir / "overlays"
+    overlay_dir.mkdir(parents=True, exist_ok=True)
+    for old in overlay_dir.glob("*.png"):
+        old.unlink()
+    overlays_left = {s: acfg.overlays_per_split for s in ("train", "val", "test")}
+    rows: dict[str, dict] = {}
+    crops = StoreWriter(out_dir / "crops", long_side=scfg.crop_size)
+    erased = StoreWriter(out_dir / "erased", long_side=None) if stage == "r1" else None
+    t0 = time.perf_counter()
+    n_done = 0
+    bar = tqdm(total=len(manifest), desc=f"attend {stage}", unit="img", disable=not progress,
+               file=sys.stderr)  # fmt: skip
+    wanted = set(manifest["id"])
+    for shard in iter_view_shards(paths.input_store(stage), size, wanted):
+        for i in range(0, len(shard.ids), acfg.batch_size):
+            ids = shard.ids[i : i + acfg.batch_size]
+            xb = torch.from_numpy(shard.x[i : i + acfg.batch_size]).unsqueeze(1)
+            xb = xb.to(device).float().div_(255.0)
+            with torch.no_grad():
+                sex = torch.zeros(len(ids), device=device)
+                if model.sex_embed is not None:
+                    m = manifest.set_index("id").loc[ids, "sex"]
+                    sex = torch.tensor([{"M": 1.0, "F": 0.0}.get(s, 0.5) for s in m], device=device)
+                if size == train_size:
+                    logits, feats = model(xb, sex, return_features=True)
+                else:  # predict at the trained scale, take the CAM from the finer pass
+                    small = F.interpolate(xb, size=(train_size, train_size), mode="bilinear",
+                                          antialias=True, align_corners=False)  # fmt: skip
+                    logits = model(small, sex)
+                    feats = model.feature_maps(xb)
+                cams, peaks = model.cam(feats, logits, window, (size, size))
+                ages = (torch.softmax(logits.float(), 1) * torch.arange(
+                    logits.shape[1], device=device)).sum(1)  # fmt: skip
+            cams_np, peaks_np, ages_np = cams.cpu().numpy(), peaks.cpu().numpy(), ages.cpu().numpy()
+            for j, id_ in enumerate(ids):
+                k = i + j
+                split = str(split_of[id_])
+                try:
+                    row = _process_one(
+                        id_, split, stage, scfg, cams_np[j], float(peaks_np[j]), float(ages_np[j]),
+                        shard.to_view[k], to_orig(id_), to_orig.view_size(id_),
+                        manifest_row=to_orig.m.loc[id_],
+                        ingest_store=ingest_store, view_store=view_store, crops=crops,
+                        erased=erased, png_dir=png_dir if acfg.png_store else None, rng=rng,
+                    )  # fmt: skip
+                    if overlays_left.get(split, 0) > 0:
+                        overlays_left[split] -= 1
+                        _overlay(shard.x[k], cams_np[j], row, shard.to_view[k], to_orig(id_),
+                                 overlay_dir / f"{split}_{id_}.png")  # fmt: skip
+                except Exception as exc:  # noqa: BLE001 - one bad image never stops the batch
+                    row = _error_row(id_, split, stage, f"{type(exc).__name__}: {exc}")
+                rows[id_] = row
+                n_done += 1
+                bar.update()
+    bar.close()
+    crops.close()
+    if erased is not None:
+        erased.close()
+        _set_store_meta(out_dir / "erased", crop_size=_hand_crop_size(paths))
+    _set_store_meta(out_dir / "crops", crop_size=scfg.crop_size)
+    for id_, split in split_of.items():  # rows the input store did not have
+        if id_ not in rows:
+            prev = STAGES[STAGES.index(stage) - 1] if stage != "hand" else "ingest"
+            rows[id_] = _error_row(id_, split, stage, f"no input view ({prev} stage failed)")
+    regions = pd.DataFrame([rows[i] for i in manifest["id"]], columns=REGION_COLUMNS)
+    regions.to_parquet(out_dir / "regions.parquet", index=False)
+    seconds = time.perf_counter() - t0
+    summary = {
+        "stage": stage,
+        "n": len(regions),
+        "status": regions["status"].value_counts().to_dict(),
+        "seconds": round(seconds, 2),
+        "images_per_second": round(n_done / seconds, 2) if seconds else None,
+        "cam_area_median": float(regions["cam_area"].median()),
+        "cam_mass_in_box_median": float(regions["cam_mass_in_box"].median()),
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (reports_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _montage(sorted(overlay_dir.glob("*.png")), reports_dir / "overlays.png")
+    return summary
+
+
+def _hand_crop_size(paths: StagePaths) -> int:
+    return int(json.loads((paths.input_store("r1") / "store.json").read_text())["crop_size"])
+
+
+def _set_store_meta(store_dir: Path, **extra) -> None:
+    meta_path = store_dir / "store.json"
+    meta = json.loads(meta_path.read_text())
+    meta.update(extra)
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _error_row(id_: str, split: str, stage: str, message: str) -> dict:
+    row = dict.fromkeys(REGION_COLUMNS)
+    row.update(id=id_, split=split, stage=stage, status="error", message=" ".join(message.split()))
+    return row
+
+
+def _process_one(
+    id_: str,
+    split: str,
+    stage: str,
+    scfg: AttendStageConfig,
+    cam: np.ndarray,
+    peak: float,
+    age: float,
+    to_view: Affine,
+    view_to_orig: Affine,
+    view_size: tuple[float, float],
+    *,
+    manifest_row: pd.Series,
+    ingest_store: ImageStore,
+    view_store: ImageStore | None,
+    crops: StoreWriter,
+    erased: StoreWriter | None,
+    png_dir: Path | None,
+    rng: np.random.Generator,
+) -> dict:
+    input_to_orig = to_view.then(view_to_orig)
+    # the prior box, given relative to the view, expressed in input pixels
+    vw, vh = view_size
+    prior_input = to_view.inverse().box(_rel_box(scfg.prior, vw, vh))
+    cb = cam_to_box(cam, scfg, prior_input)
+    ow, oh = float(manifest_row["orig_width"]), float(manifest_row["orig_height"])
+    box = clip(expand(input_to_orig.box(cb.box), scfg.margin), ow, oh)
+    if box[2] - box[0] < 1 or box[3] - box[1] < 1:
+        raise ValueError(f"empty box after clipping: {box}")
+    crop_box = square(box)
+    img = ingest_store.get(id_)
+    sx, sy = img.pixels.shape[1] / ow, img.pixels.shape[0] / oh
+    store_box = (crop_box[0] * sx, crop_box[1] * sy, crop_box[2] * sx, crop_box[3] * sy)
+    crop = crop_resize(img.pixels, store_box, scfg.crop_size)
+    png = encode_png(crop)
+    side = crop_box[2] - crop_box[0]
+    crops.add(_store_row(id_, png, scfg.crop_size, scfg.crop_size, round(side), round(side)))
+    if png_dir is not None:
+        (png_dir / split).mkdir(parents=True, exist_ok=True)
+        (png_dir / split / f"{id_}.png").write_bytes(png)
+    if erased is not None:  # r1: E = the hand crop (this stage's view) with R1 filled
+        view = view_store.get(id_).pixels
+        e = erase(view, view_to_orig.inverse().box(box), scfg.erase, rng)
+        e_png = encode_png(e)
+        erased.add(_store_row(id_, e_png, e.shape[0], e.shape[1], e.shape[0], e.shape[1]))
+    return {
+        "id": id_, "split": split, "stage": stage, "status": cb.status, "message": None,
+        "x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3],
+        "crop_x0": crop_box[0], "crop_y0": crop_box[1], "crop_x1": crop_box[2],
+        "crop_y1": crop_box[3], "orig_width": ow, "orig_height": oh,
+        "cam_peak": peak, "cam_area": cb.area, "cam_mass_in_box": cb.mass_in_box,
+        "pred_age_months": age,
+    }  # fmt: skip
+
+
+def _store_row(id_: str, png: bytes, h: int, w: int, orig_h: int, orig_w: int) -> dict:
+    """A crop-store row; 'orig' is the region's size in original-image pixels."""
+    return {
+        "id": id_,
+        "png": png,
+        "height": h,
+        "width": w,
+        "orig_height": orig_h,
+        "orig_width": orig_w,
+        "scale": h / orig_h if orig_h else 1.0,
+        "sha256": hashlib.sha256(png).hexdigest(),
+    }
+
+
+def _overlay(x: np.ndarray, cam: np.ndarray, row: dict, to_view: Affine, view_to_orig: Affine,
+             path: Path) -> None:  # fmt: skip
+    """Input view + CAM (red) + box (green), at the network's input resolution."""
+    base = np.stack([x] * 3, -1).astype(np.float32)
+    heat = np.zeros_like(base)
+    heat[..., 0] = cam * 255
+    rgb = np.clip(base * 0.65 + heat * 0.5, 0, 255).astype(np.uint8)
+    img = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(img)
+    inv = to_view.then(view_to_orig).inverse()
+    b = inv.box((row["x0"], row["y0"], row["x1"], row["y1"]))
+    draw.rectangle(b, outline=(0, 255, 0), width=2)
+    draw.text((3, 3), f"{row['id']} {row['status']} age~{row['pred_age_months']:.0f}m",
+              fill=(255, 255, 0))  # fmt: skip
+    img.save(path)
+
+
+def _montage(paths: list[Path], out: Path, cols: int = 6) -> None:
+    if not paths:
+        return
+    tiles = [Image.open(p).convert("RGB") for p in paths]
+    s = max(t.size[0] for t in tiles)
+    rows = -(-len(tiles) // cols)
+    sheet = Image.new("RGB", (cols * s, rows * s))
+    for i, t in enumerate(tiles):
+        sheet.paste(t, ((i % cols) * s, (i // cols) * s))
+    sheet.save(out)

@@ -1,0 +1,264 @@
+"""Training infrastructure shared by the localizers and the aggregator.
+
+Images are decoded once into a uint8 tensor at training resolution (never re-decoded per
+step); batches are moved to the device, augmented there, and trained with the label
+distribution loss. bf16 autocast + channels_last on CUDA; deterministic seeds; early
+stopping on validation MAE; best checkpoint + config JSON written to the model dir.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from boneage.augment import augment, hide_patches
+from boneage.config import AugmentConfig, ModelConfig, TrainConfig
+from boneage.ldl import expectation, ldl_loss
+from boneage.models import AgeNet
+from boneage.tracking import Tracker
+
+
+@dataclass
+class TensorData:
+    """Decoded images at training resolution + targets, all in host memory."""
+
+    ids: list[str]
+    x: torch.Tensor  # uint8 [N, C, S, S]
+    age: torch.Tensor  # float32 [N] months (NaN when unknown)
+    sex: torch.Tensor  # float32 [N]: 1 male, 0 female, 0.5 unknown
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, n: int | None, seed: int) -> TensorData:
+        if n is None or n >= len(self):
+            return self
+        idx = np.sort(np.random.default_rng(seed).permutation(len(self))[:n])
+        t = torch.from_numpy(idx)
+        return TensorData([self.ids[i] for i in idx], self.x[t], self.age[t], self.sex[t])
+
+
+@dataclass
+class FitResult:
+    best_val_mae: float
+    best_epoch: int
+    epochs_run: int
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    train_images_per_second: float = 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def sex_code(values) -> np.ndarray:
+    """'M' → 1, 'F' → 0, anything else → 0.5."""
+    return np.array([{"M": 1.0, "F": 0.0}.get(str(v), 0.5) for v in values], dtype=np.float32)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if device.type == "cuda" and enabled:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True).float().div_(255.0)
+    if channels_last and device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+@torch.no_grad()
+def predict(
+    model: AgeNet, data: TensorData, device: torch.device, batch_size: int = 64,
+    amp: bool = True, channels_last: bool = True,
+) -> torch.Tensor:  # fmt: skip
+    """Age distributions [N, K] (float32, on CPU) for every image of `data`."""
+    model.eval()
+    out = []
+    for i in range(0, len(data), batch_size):
+        xb = _to_device(data.x[i : i + batch_size], device, channels_last)
+        sb = data.sex[i : i + batch_size].to(device)
+        with _autocast(device, amp):
+            logits = model(xb, sb)
+        out.append(torch.softmax(logits.float(), dim=1).cpu())
+    return torch.cat(out) if out else torch.empty(0, model.cfg.k)
+
+
+def mae(p: torch.Tensor, age: torch.Tensor) -> float:
+    return float((expectation(p) - age).abs().mean()) if len(age) else math.nan
+
+
+def fit(
+    model: AgeNet,
+    train: TensorData,
+    val: TensorData,
+    cfg: TrainConfig,
+    aug: AugmentConfig | None,
+    tracker: Tracker | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[dict], None] | None = None,
+    hide: tuple[int, float] = (0, 0.0),
+) -> FitResult:
+    """Train with early stopping on val MAE; leaves the BEST weights loaded in `model`."""
+    seed_everything(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    model.to(device)
+    if cfg.channels_last and device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    step_model = torch.compile(model) if cfg.compile and device.type == "cuda" else model
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(train) / cfg.batch_size))
+    total = steps_per_epoch * cfg.epochs
+    warm = max(1, int(total * cfg.warmup_frac))
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    pin = device.type == "cuda"
+    x_host = train.x.pin_memory() if pin else train.x
+    best, best_epoch, bad = math.inf, -1, 0
+    best_state = copy.deepcopy(model.state_dict())
+    history: list[dict] = []
+    t_start = time.perf_counter()
+    seen = 0
+    train_time = 0.0
+    for epoch in range(cfg.epochs):
+        model.train()
+        perm = torch.randperm(len(train), generator=gen)
+        sums = {"loss": 0.0, "mae": 0.0, "kl": 0.0}
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not progress, file=sys.stderr, leave=False)  # fmt: skip
+        t0 = time.perf_counter()
+        for s in bar:
+            idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+            xb = _to_device(x_host[idx], device, cfg.channels_last)
+            yb = train.age[idx].to(device)
+            sb = train.sex[idx].to(device)
+            if aug is not None:
+                xb = augment(xb, aug, gen)
+            xb = hide_patches(xb, hide[0], hide[1], gen)
+            with _autocast(device, cfg.amp):
+                logits = step_model(xb, sb)
+            loss, parts = ldl_loss(logits.float(), yb, cfg.sigma, cfg.lam)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            n = len(idx)
+            seen += n
+            sums["loss"] += float(loss.detach()) * n
+            sums["mae"] += float(parts["mae"]) * n
+            sums["kl"] += float(parts["kl"]) * n
+            bar.set_postfix(loss=f"{float(loss.detach()):.2f}")
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        train_time += time.perf_counter() - t0
+        p_val = predict(model, val, device, cfg.eval_batch_size, cfg.amp, cfg.channels_last)
+        val_mae = mae(p_val, val.age)
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": sums["loss"] / len(train),
+            "train_mae": sums["mae"] / len(train),
+            "train_kl": sums["kl"] / len(train),
+            "val_mae": val_mae,
+            "lr": sched.get_last_lr()[0],
+            "seconds": time.perf_counter() - t_start,
+        }
+        history.append(row)
+        if tracker is not None:
+            tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
+        if on_epoch is not None:
+            on_epoch(row)
+        if progress:
+            print(f"epoch {epoch + 1}: train_mae {row['train_mae']:.2f}  val_mae {val_mae:.2f}",
+                  file=sys.stderr)  # fmt: skip
+        if val_mae < best:
+            best, best_epoch, bad = val_mae, epoch + 1, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad += 1
+            if bad >= cfg.patience:
+                break
+    model.load_state_dict(best_state)
+    return FitResult(
+        best_val_mae=best,
+        best_epoch=best_epoch,
+        epochs_run=len(history),
+        history=history,
+        seconds=time.perf_counter() - t_start,
+        train_images_per_second=seen / train_time if train_time else 0.0,
+    )
+
+
+def save_model(model: AgeNet, out_dir: Path, config: dict[str, Any]) -> None:
+    """model.pt (fp32 state dict of the best weights) + config.json."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
+             for k, v in model.state_dict().items()}  # fmt: skip
+    torch.save(state, out_dir / "model.pt")
+    meta = {
+        "model": model.cfg.model_dump(),
+        "in_channels": model.in_channels,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "timm": _version("timm"),
+            "boneage": _version("boneage"),
+        },
+        **config,
+    }
+    (out_dir / "config.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+
+
+def load_model(model_dir: Path, device: str | torch.device = "cpu") -> tuple[AgeNet, dict]:
+    """Rebuild a saved AgeNet (no pretrained download: the weights come from model.pt)."""
+    model_dir = Path(model_dir)
+    cfg_path = model_dir / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{model_dir}: no config.json (not a boneage model directory)")
+    meta = json.loads(cfg_path.read_text())
+    model = AgeNet(ModelConfig(**meta["model"]), meta["in_channels"], load_pretrained=False)
+    state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    model.to(device).eval()
+    return model, meta
+
+
+def _version(pkg: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return None

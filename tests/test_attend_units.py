@@ -1,0 +1,41 @@
+"""CAM → box and erasing, on hand-made CAMs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from boneage.attend import cam_to_box, erase
+from boneage.config import AttendStageConfig
+
+CFG = AttendStageConfig(tau=0.5, margin=0.0, min_area=0.01)
+PRIOR = (1.0, 2.0, 3.0, 4.0)
+
+
+def test_largest_component_wins():
+    cam = np.zeros((100, 100), np.float32)
+    cam[10:20, 10:20] = 1.0  # small blob (100 px)
+    cam[50:90, 30:60] = 0.8  # large blob (1200 px)
+    cb = cam_to_box(cam, CFG, PRIOR)
+    assert cb.status == "ok"
+    assert cb.box == (30, 50, 60, 90)
+    assert cb.area == np.mean(cam >= 0.5)
+    assert 0.8 < cb.mass_in_box < 1
+
+
+def test_fallback_when_nothing_passes_or_too_small():
+    assert cam_to_box(np.zeros((50, 50)), CFG, PRIOR).status == "fallback_prior"
+    cam = np.zeros((100, 100))
+    cam[0:3, 0:3] = 1  # 9 px < 1 % of the image
+    cb = cam_to_box(cam, CFG, PRIOR)
+    assert cb.status == "fallback_prior" and cb.box == PRIOR
+
+
+def test_erase_modes_only_touch_the_box():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (64, 64)).astype(np.uint8)
+    for mode in ("mean", "noise", "blur"):
+        e = erase(img, (10, 20, 30, 40), mode, rng)
+        np.testing.assert_array_equal(e[:20], img[:20])
+        np.testing.assert_array_equal(e[:, :10], img[:, :10])
+        assert not np.array_equal(e[20:40, 10:30], img[20:40, 10:30])
+    assert (erase(img, (10, 20, 30, 40), "mean", rng)[20:40, 10:30] == round(img.mean())).all()

@@ -1,0 +1,101 @@
+"""AgeNet, CAM, the training loop, checkpoints and MLflow tracking."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from boneage.config import AugmentConfig, ModelConfig, TrainConfig
+from boneage.models import AgeNet
+from boneage.tracking import Tracker
+from boneage.training import TensorData, fit, load_model, predict, save_model
+
+MCFG = ModelConfig(backbone="resnet18", pretrained="none", output_stride=32, k=240)
+
+
+def _data(n: int, seed: int) -> TensorData:
+    """A learnable toy task: the row of a bright bar encodes the age."""
+    rng = np.random.default_rng(seed)
+    age = rng.uniform(0, 239, n).astype(np.float32)
+    x = np.zeros((n, 1, 32, 32), np.uint8)
+    for i, a in enumerate(age):
+        r = int(a / 240 * 28)
+        x[i, 0, r : r + 4, 4:28] = 255
+    return TensorData([f"i{i}" for i in range(n)], torch.from_numpy(x), torch.from_numpy(age),
+                      torch.ones(n))  # fmt: skip
+
+
+def test_forward_shapes_and_sex_input():
+    m = AgeNet(MCFG)
+    logits, feats = m(torch.rand(2, 1, 64, 64), return_features=True)
+    assert logits.shape == (2, 240) and feats.shape == (2, 512, 2, 2)
+    ms = AgeNet(MCFG.model_copy(update={"sex_dim": 8}))
+    assert ms(torch.rand(2, 1, 64, 64), torch.tensor([0.0, 1.0])).shape == (2, 240)
+    with pytest.raises(ValueError, match="sex"):
+        ms(torch.rand(2, 1, 64, 64))
+    with pytest.raises(ValueError, match="in_channels"):
+        AgeNet(MCFG, in_channels=2)
+
+
+def test_cam_is_normalised_and_invariant_to_a_shift_of_all_class_weights():
+    torch.manual_seed(0)
+    m = AgeNet(MCFG).eval()
+    x = torch.rand(3, 1, 96, 96)
+    with torch.no_grad():
+        logits, feats = m(x, return_features=True)
+        cam, peak = m.cam(feats, logits, 12, (96, 96))
+        assert cam.shape == (3, 96, 96) and cam.min() >= 0 and cam.max() <= 1
+        assert torch.allclose(cam.amax(dim=(1, 2)), torch.ones(3)) or (peak == 0).any()
+        # softmax (so the prediction) is unchanged by adding v to every class's weights;
+        # the centred CAM must be unchanged too
+        m.head.weight += torch.randn(1, m.head.weight.shape[1])
+        logits2, feats2 = m(x, return_features=True)
+        cam2, _ = m.cam(feats2, logits2, 12, (96, 96))
+    assert torch.allclose(torch.softmax(logits, 1), torch.softmax(logits2, 1), atol=1e-5)
+    assert torch.allclose(cam, cam2, atol=1e-4)
+
+
+def test_fit_learns_and_checkpoint_roundtrips(tmp_path):
+    train, val = _data(96, 0), _data(32, 1)
+    cfg = TrainConfig(epochs=6, batch_size=16, lr=3e-3, patience=6, device="cpu")
+    model = AgeNet(MCFG)
+    before = float(
+        (predict(model, val, torch.device("cpu")).argmax(1).float() - val.age).abs().mean()
+    )
+    res = fit(model, train, val, cfg, AugmentConfig(rotation_deg=0, shift=0.0, scale=(1, 1)),
+              progress=False)  # fmt: skip
+    assert res.epochs_run == 6 and len(res.history) == 6
+    assert res.best_val_mae == min(h["val_mae"] for h in res.history)
+    assert res.best_val_mae < 0.6 * before
+    save_model(model, tmp_path / "m", {"stage": "hand", "img_size": 32})
+    loaded, meta = load_model(tmp_path / "m")
+    assert meta["stage"] == "hand" and meta["model"]["backbone"] == "resnet18"
+    p1 = predict(model.cpu(), val, torch.device("cpu"))
+    p2 = predict(loaded, val, torch.device("cpu"))
+    assert torch.allclose(p1, p2, atol=1e-5)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_model(tmp_path / "nothing")
+
+
+def test_tracker_logs_to_sqlite(tmp_path):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    t = Tracker(uri=uri)
+    with t.run("exp", "run1", {"stage": "hand"}):
+        t.log_params({"model": {"backbone": "x"}, "n": 3})
+        t.log_metrics({"val_mae": 12.5}, step=1)
+        f = tmp_path / "a.json"
+        f.write_text("{}")
+        t.log_artifact(f)
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    run = client.get_run(t.run_id)
+    assert run.data.params["model.backbone"] == "x"
+    assert run.data.metrics["val_mae"] == 12.5
+    assert run.data.tags["stage"] == "hand"
+    assert (tmp_path / "artifacts").is_dir()
+    off = Tracker(enabled=False)
+    with off.run("exp", "r"):
+        off.log_metrics({"a": 1})
+    assert off.run_id is None
