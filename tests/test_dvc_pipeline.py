@@ -43,7 +43,9 @@ def test_dvc_repro_on_demo_cohort(tmp_path):
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "init", "-q"], cwd=repo, check=True)
-    proc = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["dvc", "repro", "validate"], cwd=repo, env=env, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     manifest = pd.read_parquet(repo / "data/interim/ingest/manifest.parquet")
     assert len(manifest) == 60
@@ -53,16 +55,40 @@ def test_dvc_repro_on_demo_cohort(tmp_path):
     assert validation["success"] is True
     assert (repo / "data/reports/validation/data_docs/index.html").is_file()
     # nothing changed → nothing re-runs
-    again = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
+    again = subprocess.run(
+        ["dvc", "repro", "validate"], cwd=repo, env=env, capture_output=True, text=True
+    )
     assert again.returncode == 0
     assert "didn't change, skipping" in again.stdout
     assert "Running stage" not in again.stdout
     # a params change of the ingest section re-runs ingest and validate, not demo
     params["ingest"]["store_long_side"] = 128
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    third = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
+    third = subprocess.run(
+        ["dvc", "repro", "validate"], cwd=repo, env=env, capture_output=True, text=True
+    )
     assert third.returncode == 0, third.stdout[-2000:]
     assert "Running stage 'ingest'" in third.stdout
     assert "Running stage 'demo'" not in third.stdout
     m2 = pd.read_parquet(repo / "data/interim/ingest/manifest.parquet")
     assert m2[["store_height", "store_width"]].max(axis=1).max() == 128
+
+    # the whole chain (localizers + attend) with tiny budgets: wiring of every stage
+    loc = params["localizer"]
+    loc["train"].update(epochs=1, batch_size=16, max_train_images=24)
+    for st in ("hand", "r1", "r2"):
+        loc[st].update(img_size=64, epochs=1)
+        params["attend"][st].update(cam_size=96, crop_size=64)
+    params["attend"]["overlays_per_split"] = 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    full = subprocess.run(
+        ["dvc", "repro"], cwd=repo, env={**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert full.returncode == 0, full.stdout[-3000:] + full.stderr[-3000:]
+    for st in ("hand", "r1", "r2"):
+        assert (repo / f"data/models/localizer_{st}/model.pt").is_file()
+        assert (repo / f"data/reports/localizer_{st}.json").is_file()
+        regions = pd.read_parquet(repo / f"data/processed/attend/{st}/regions.parquet")
+        assert len(regions) == 60
+    assert (repo / "data/processed/attend/r1/erased/store.json").is_file()
