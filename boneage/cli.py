@@ -114,6 +114,15 @@ def validate(
 
 
 StageOpt = Annotated[str, typer.Option(help="localizer stage: hand | r1 | r2")]
+IngestDirOpt = Annotated[Path, typer.Option("--ingest", help="ingest output dir")]
+AttendRootOpt = Annotated[Path, typer.Option("--attend-root", help="attend outputs root")]
+
+
+def _check_stage(stage: str) -> None:
+    from boneage.localizer import STAGES
+
+    if stage not in STAGES:
+        _fail(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
 
 
 def _stage_paths(ingest_dir: Path, attend_root: Path):
@@ -125,12 +134,8 @@ def _stage_paths(ingest_dir: Path, attend_root: Path):
 @app.command("train-localizer")
 def train_localizer(
     stage: StageOpt,
-    ingest_dir: Annotated[Path, typer.Option("--ingest", help="ingest output dir")] = Path(
-        "data/interim/ingest"
-    ),
-    attend_root: Annotated[Path, typer.Option("--attend-root", help="attend outputs")] = Path(
-        "data/processed/attend"
-    ),
+    ingest_dir: IngestDirOpt = Path("data/interim/ingest"),
+    attend_root: AttendRootOpt = Path("data/processed/attend"),
     out: Annotated[
         Path | None, typer.Option(help="model dir [data/models/localizer_STAGE]")
     ] = None,
@@ -142,12 +147,10 @@ def train_localizer(
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
     """Train the hand, r1 or r2 age-distribution localizer (checkpoint + config JSON)."""
-    from boneage.localizer import STAGES
     from boneage.localizer import train_localizer as run
     from boneage.tracking import Tracker
 
-    if stage not in STAGES:
-        _fail(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    _check_stage(stage)
     p = _params(params)
     out = out or Path("data/models") / f"localizer_{stage}"
     try:
@@ -169,12 +172,8 @@ def train_localizer(
 @app.command()
 def attend(
     stage: StageOpt,
-    ingest_dir: Annotated[Path, typer.Option("--ingest", help="ingest output dir")] = Path(
-        "data/interim/ingest"
-    ),
-    attend_root: Annotated[Path, typer.Option("--attend-root", help="attend outputs")] = Path(
-        "data/processed/attend"
-    ),
+    ingest_dir: IngestDirOpt = Path("data/interim/ingest"),
+    attend_root: AttendRootOpt = Path("data/processed/attend"),
     model: Annotated[Path | None, typer.Option(help="[data/models/localizer_STAGE]")] = None,
     reports: Annotated[Path | None, typer.Option(help="[data/reports/attend/STAGE]")] = None,
     params: ParamsOpt = DEFAULT_PARAMS,
@@ -182,10 +181,8 @@ def attend(
 ) -> None:
     """Batch CAM generation: boxes, crops from the original resolution, overlays."""
     from boneage.attend import attend as run
-    from boneage.localizer import STAGES
 
-    if stage not in STAGES:
-        _fail(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    _check_stage(stage)
     p = _params(params)
     model = model or Path("data/models") / f"localizer_{stage}"
     reports = reports or Path("data/reports/attend") / stage
