@@ -21,7 +21,7 @@ import torch
 from boneage.config import Params
 from boneage.models import AgeNet
 from boneage.tracking import Tracker
-from boneage.training import TensorData, fit, save_model, sex_code
+from boneage.training import TensorData, fit, save_model, seed_everything, sex_code
 from boneage.views import load_views
 
 STAGES = ("hand", "r1", "r2")
@@ -120,6 +120,7 @@ def train_localizer(
     if len(train) == 0 or len(val) == 0:
         raise ValueError(f"stage {stage}: need labelled train and val images, got "
                          f"{len(train)} train / {len(val)} val")  # fmt: skip
+    seed_everything(tcfg.seed)  # the head's initialisation too
     model = AgeNet(lcfg.model, in_channels=1)
     tracker = tracker or Tracker(enabled=False)
     run_params = {
