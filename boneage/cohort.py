@@ -176,7 +176,7 @@ def discover(
                 f"{root}: no labels CSV given, but labels are required "
                 "(ingest.require_labels=true); pass --labels or set require_labels false"
             )
-        return _discover_folder(root, files, allow_unknown_sex)
+        return _discover_folder(root, files)
     df, layout = read_labels_csv(Path(labels))
     if layout == "generic" and require_labels and "boneage_months" not in df.columns:
         raise CohortError(
@@ -186,7 +186,7 @@ def discover(
     return _discover_csv(root, Path(labels), df, layout, files, require_labels, allow_unknown_sex)
 
 
-def _discover_folder(root: Path, files: list[Path], allow_unknown_sex: bool) -> Cohort:
+def _discover_folder(root: Path, files: list[Path]) -> Cohort:
     cohort = Cohort(root=root, layout="folder", labels=None)
     seen: dict[str, str] = {}
     for path in files:

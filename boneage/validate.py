@@ -445,7 +445,7 @@ def _outcome(r) -> ExpectationOutcome:
         kwargs=_jsonable(kwargs),
         success=bool(r.success),
         observed_value=_jsonable(observed),
-        details=_details(conf.type, bool(r.success), kwargs, res),
+        details=_details(conf.type, kwargs, res),
     )
 
 
@@ -479,7 +479,7 @@ def _observed(res: dict) -> Any:
     return res.get("observed_value")
 
 
-def _details(name: str, success: bool, kwargs: dict, res: dict) -> str:
+def _details(name: str, kwargs: dict, res: dict) -> str:
     if "unexpected_count" in res:  # column map expectation
         n_bad = res.get("unexpected_count") or 0
         n_all = res.get("element_count") or 0
