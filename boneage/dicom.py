@@ -24,6 +24,7 @@ Pipeline (PS3.3 C.11 order):
 
 from __future__ import annotations
 
+import io
 import math
 import re
 import warnings
@@ -88,7 +89,7 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _dcmread(path: Path, what: str, **kwargs: Any) -> Dataset:
+def _dcmread(path: Path | io.BytesIO, what: str, **kwargs: Any) -> Dataset:
     """pydicom.dcmread that treats a truncated file as unreadable.
 
     pydicom stops quietly (with a warning) where a file ends inside an element; here
@@ -432,8 +433,13 @@ def _to_uint8(raw: np.ndarray, ds: Dataset, geometry: _Geometry) -> tuple[np.nda
 # --- entry point -----------------------------------------------------------------------
 
 
-def read_dicom(path: Path, max_pixels: int) -> tuple[np.ndarray, DicomInfo]:
+def read_dicom(
+    path: Path, max_pixels: int, data: bytes | None = None
+) -> tuple[np.ndarray, DicomInfo]:
     """Decode a single-frame grayscale DICOM file into a 2-D uint8 image (bone bright).
+
+    `data`: the file's bytes when the caller has read them already (ingest hashes them),
+    so the file is not read from disk again; `path` then only names it.
 
     Raises RejectError: TOO_MANY_PIXELS (checked from the header, before decoding),
     UNSUPPORTED_DICOM (no pixel data, several frames, colour, unusual bit depth, a
@@ -442,18 +448,25 @@ def read_dicom(path: Path, max_pixels: int) -> tuple[np.ndarray, DicomInfo]:
     Details never contain header values that identify a person.
     """
     path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(_PREFIX_OFFSET + len(_PREFIX))
-    except OSError as exc:
-        raise _unreadable(f"file could not be read ({type(exc).__name__})") from None
+    if data is not None:
+        head = data[: _PREFIX_OFFSET + len(_PREFIX)]
+    else:
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(_PREFIX_OFFSET + len(_PREFIX))
+        except OSError as exc:
+            raise _unreadable(f"file could not be read ({type(exc).__name__})") from None
+
+    def source() -> Path | io.BytesIO:
+        return io.BytesIO(data) if data is not None else path
+
     if head[_PREFIX_OFFSET:] != _PREFIX:
         raise RejectError(
             Reason.NOT_AN_IMAGE, "not a DICOM Part 10 file (no 'DICM' prefix at byte 128)"
         )
 
     with _quiet():
-        header = _dcmread(path, "header", stop_before_pixels=True)
+        header = _dcmread(source(), "header", stop_before_pixels=True)
         try:
             geometry = _check_header(header, max_pixels)
         except RejectError:
@@ -472,7 +485,7 @@ def read_dicom(path: Path, max_pixels: int) -> tuple[np.ndarray, DicomInfo]:
             age, age_source = None, None
         del header
 
-        ds = _dcmread(path, "data set")
+        ds = _dcmread(source(), "data set")
         if "PixelData" not in ds:
             other = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
             if other:

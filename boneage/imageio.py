@@ -44,7 +44,7 @@ def decode_file(path: Path, data: bytes, max_pixels: int) -> DecodedImage:
     if len(data) >= 132 and data[128:132] == b"DICM" or path.suffix.lower() in {".dcm", ".dicom"}:
         from boneage.dicom import read_dicom
 
-        pixels, info = read_dicom(path, max_pixels)
+        pixels, info = read_dicom(path, max_pixels, data)
         return DecodedImage(
             pixels=pixels,
             format="dicom",
