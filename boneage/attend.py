@@ -37,9 +37,10 @@ from tqdm import tqdm
 from boneage.config import AttendStageConfig, Params
 from boneage.geometry import Affine, Box, clip, crop_resize, expand, square
 from boneage.imageio import encode_png
+from boneage.ldl import expectation
 from boneage.localizer import STAGES, StagePaths, check_stage, read_manifest
 from boneage.store import ImageStore, StoreWriter
-from boneage.training import load_model, resolve_device
+from boneage.training import load_model, resolve_device, sex_code
 from boneage.views import iter_view_shards
 
 REGION_COLUMNS = [
@@ -188,10 +189,7 @@ def attend(
             xb = torch.from_numpy(shard.x[i : i + acfg.batch_size]).unsqueeze(1)
             xb = xb.to(device).float().div_(255.0)
             with torch.no_grad():
-                sex = torch.zeros(len(ids), device=device)
-                if model.sex_embed is not None:
-                    m = manifest.set_index("id").loc[ids, "sex"]
-                    sex = torch.tensor([{"M": 1.0, "F": 0.0}.get(s, 0.5) for s in m], device=device)
+                sex = torch.from_numpy(sex_code(to_orig.m.loc[ids, "sex"])).to(device)
                 if size == train_size:
                     logits, feats = model(xb, sex, return_features=True)
                 else:  # predict at the trained scale, take the CAM from the finer pass
@@ -200,8 +198,7 @@ def attend(
                     logits = model(small, sex)
                     feats = model.feature_maps(xb)
                 cams, peaks = model.cam(feats, logits, window, (size, size))
-                ages = (torch.softmax(logits.float(), 1) * torch.arange(
-                    logits.shape[1], device=device)).sum(1)  # fmt: skip
+                ages = expectation(torch.softmax(logits.float(), 1))
             cams_np, peaks_np, ages_np = cams.cpu().numpy(), peaks.cpu().numpy(), ages.cpu().numpy()
             for j, id_ in enumerate(ids):
                 k = i + j

@@ -167,8 +167,12 @@ def discover(
         raise CohortError(f"{root}: cohort directory not found")
     root = root.resolve()
     labels_resolved = Path(labels).resolve() if labels is not None else None
-    files = [
-        p for p in _walk_files(root) if labels_resolved is None or p.resolve() != labels_resolved
+    files = [  # the labels CSV itself may sit inside the cohort dir; resolve only same-named files
+        p
+        for p in _walk_files(root)
+        if labels_resolved is None
+        or p.name != labels_resolved.name
+        or p.resolve() != labels_resolved
     ]
     if labels is None:
         if require_labels:
