@@ -13,6 +13,9 @@ and overlays (input + CAM + box) for a sample of each split under the reports di
 
 Status per image: `ok`; `fallback_prior` when no CAM component passes τ (or it is smaller
 than `min_area`): the box is then the stage's prior box (params) in the input view;
+`cam_only` when the stage refines its box (params `refine: foreground`, the hand) but no
+usable foreground was found: the CAM component's box is used as is (with refinement, a
+`fallback_prior` box is the foreground component with most area inside the prior box);
 `error` with a message when the image could not be processed (one bad image never stops
 the batch; it gets no crop).
 """
@@ -47,7 +50,10 @@ REGION_COLUMNS = [
     "id", "split", "stage", "status", "message", "x0", "y0", "x1", "y1",
     "crop_x0", "crop_y0", "crop_x1", "crop_y1", "orig_width", "orig_height",
     "cam_peak", "cam_area", "cam_mass_in_box", "pred_age_months",
+    "cam_x0", "cam_y0", "cam_x1", "cam_y1",
 ]  # fmt: skip
+# cam_*: the CAM component's own box (original pixels, before refinement and margin), kept
+# so that the CAM alone can be judged next to the refined box.
 
 
 @dataclass
@@ -73,6 +79,38 @@ def cam_to_box(cam: np.ndarray, cfg: AttendStageConfig, prior_in_input: Box) -> 
     sl = ndimage.find_objects(labels)[best - 1]
     box = (float(sl[1].start), float(sl[0].start), float(sl[1].stop), float(sl[0].stop))
     return CamBox(box, "ok", float(mask.mean()), _mass(cam, box, total))
+
+
+def refine_foreground(view: np.ndarray, cam: np.ndarray, valid: Box) -> Box | None:
+    """The box of the foreground component holding the most CAM mass (cam: any
+    non-negative weight map), or None.
+
+    view: the uint8 network input the CAM was computed on (same shape as cam); valid: the
+    part of it that is image, not letterbox padding. Foreground = Otsu threshold of the
+    lightly smoothed view inside `valid`, opened once to cut thin bridges to markers.
+    """
+    from skimage.filters import threshold_otsu
+
+    h, w = view.shape
+    x0, y0 = max(0, int(np.floor(valid[0]))), max(0, int(np.floor(valid[1])))
+    x1, y1 = min(w, int(np.ceil(valid[2]))), min(h, int(np.ceil(valid[3])))
+    if x1 - x0 < 8 or y1 - y0 < 8:
+        return None
+    sm = ndimage.gaussian_filter(view[y0:y1, x0:x1].astype(np.float32), 1.0)
+    if float(sm.max() - sm.min()) < 1.0:
+        return None
+    fg = ndimage.binary_opening(sm > threshold_otsu(sm), iterations=1)
+    labels, n = ndimage.label(fg)
+    if n == 0:
+        return None
+    mass = np.bincount(labels.ravel(), weights=cam[y0:y1, x0:x1].ravel(), minlength=n + 1)
+    mass[0] = 0.0
+    best = int(np.argmax(mass))
+    if mass[best] <= 0:
+        return None
+    sl = ndimage.find_objects(labels)[best - 1]
+    return (float(sl[1].start + x0), float(sl[0].start + y0),
+            float(sl[1].stop + x0), float(sl[0].stop + y0))  # fmt: skip
 
 
 def _mass(cam: np.ndarray, b: Box, total: float) -> float:
@@ -158,7 +196,7 @@ def attend(
     model, meta = load_model(model_dir, device)
     if meta.get("stage") != stage:
         raise ValueError(f"{model_dir} is the {meta.get('stage')!r} localizer, not {stage!r}")
-    train_size, window = int(meta["img_size"]), int(meta["cam_window"])
+    train_size, window = int(meta["img_size"]), meta["cam_window"]
     size = scfg.cam_size or train_size
     manifest = read_manifest(paths.manifest)
     if limit is not None:
@@ -205,7 +243,8 @@ def attend(
                 split = str(split_of[id_])
                 try:
                     row = _process_one(
-                        id_, split, stage, scfg, cams_np[j], float(peaks_np[j]), float(ages_np[j]),
+                        id_, split, stage, scfg, shard.x[k], cams_np[j], float(peaks_np[j]),
+                        float(ages_np[j]),
                         shard.to_view[k], to_orig(id_), to_orig.view_size(id_),
                         manifest_row=to_orig.m.loc[id_],
                         ingest_store=ingest_store, view_store=view_store, crops=crops,
@@ -270,6 +309,7 @@ def _process_one(
     split: str,
     stage: str,
     scfg: AttendStageConfig,
+    view: np.ndarray,
     cam: np.ndarray,
     peak: float,
     age: float,
@@ -291,7 +331,22 @@ def _process_one(
     prior_input = to_view.inverse().box(_rel_box(scfg.prior, vw, vh))
     cb = cam_to_box(cam, scfg, prior_input)
     ow, oh = float(manifest_row["orig_width"]), float(manifest_row["orig_height"])
-    box = clip(expand(input_to_orig.box(cb.box), scfg.margin), ow, oh)
+    cam_box = clip(input_to_orig.box(cb.box), ow, oh)
+    net_box, status = cb.box, cb.status
+    if scfg.refine == "foreground":  # the CAM (even one too small to pass) seeds it
+        valid = to_view.inverse().box((0.0, 0.0, vw, vh))
+        seed = cam
+        if not cam.any():  # no CAM evidence at all: the foreground inside the prior box
+            seed = np.zeros_like(cam)
+            px0, py0 = max(0, int(prior_input[0])), max(0, int(prior_input[1]))
+            seed[py0 : int(np.ceil(prior_input[3])), px0 : int(np.ceil(prior_input[2]))] = 1.0
+        refined = refine_foreground(view, seed, valid)
+        if refined is not None:
+            net_box = refined
+            status = "ok" if cam.any() else status
+        elif status == "ok":
+            status = "cam_only"
+    box = clip(expand(input_to_orig.box(net_box), scfg.margin), ow, oh)
     if box[2] - box[0] < 1 or box[3] - box[1] < 1:
         raise ValueError(f"empty box after clipping: {box}")
     crop_box = square(box)
@@ -311,12 +366,13 @@ def _process_one(
         e_png = encode_png(e)
         erased.add(_store_row(id_, e_png, e.shape[0], e.shape[1], e.shape[0], e.shape[1]))
     return {
-        "id": id_, "split": split, "stage": stage, "status": cb.status, "message": None,
+        "id": id_, "split": split, "stage": stage, "status": status, "message": None,
         "x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3],
         "crop_x0": crop_box[0], "crop_y0": crop_box[1], "crop_x1": crop_box[2],
         "crop_y1": crop_box[3], "orig_width": ow, "orig_height": oh,
         "cam_peak": peak, "cam_area": cb.area, "cam_mass_in_box": cb.mass_in_box,
-        "pred_age_months": age,
+        "pred_age_months": age, "cam_x0": cam_box[0], "cam_y0": cam_box[1],
+        "cam_x1": cam_box[2], "cam_y1": cam_box[3],
     }  # fmt: skip
 
 
@@ -336,7 +392,8 @@ def _store_row(id_: str, png: bytes, h: int, w: int, orig_h: int, orig_w: int) -
 
 def _overlay(x: np.ndarray, cam: np.ndarray, row: dict, to_view: Affine, view_to_orig: Affine,
              path: Path) -> None:  # fmt: skip
-    """Input view + CAM (red) + box (green), at the network's input resolution."""
+    """Input view + CAM (red) + box (green; the CAM component's own box in orange when
+    the stage refines it), at the network's input resolution."""
     base = np.stack([x] * 3, -1).astype(np.float32)
     heat = np.zeros_like(base)
     heat[..., 0] = cam * 255
@@ -345,6 +402,9 @@ def _overlay(x: np.ndarray, cam: np.ndarray, row: dict, to_view: Affine, view_to
     draw = ImageDraw.Draw(img)
     inv = to_view.then(view_to_orig).inverse()
     b = inv.box((row["x0"], row["y0"], row["x1"], row["y1"]))
+    cb = inv.box((row["cam_x0"], row["cam_y0"], row["cam_x1"], row["cam_y1"]))
+    if max(abs(u - v) for u, v in zip(b, cb, strict=True)) > 1:
+        draw.rectangle(cb, outline=(255, 160, 0), width=1)
     draw.rectangle(b, outline=(0, 255, 0), width=2)
     draw.text((3, 3), f"{row['id']} {row['status']} age~{row['pred_age_months']:.0f}m",
               fill=(255, 255, 0))  # fmt: skip

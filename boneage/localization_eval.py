@@ -2,7 +2,8 @@
 
 Criteria (issue acceptance): hand box IoU ≥ 0.5 with the true hand; the R1 box centre
 inside the true carpal region; the R2 box lying mostly (≥ 50 % of its area) on the true
-metacarpal/phalanx region.
+metacarpal/phalanx region. `cam_box_iou_ge_0.5` judges the CAM component's own box
+(before a stage's foreground refinement and margin), so the CAM alone stays visible.
 """
 
 from __future__ import annotations
@@ -34,20 +35,26 @@ def evaluate_localization(
             t = truth.loc[r.id]
             tb = (t[f"{tkey}_x0"], t[f"{tkey}_y0"], t[f"{tkey}_x1"], t[f"{tkey}_y1"])
             if r.status == "error":
-                vals.append((0.0, False, 0.0))
+                vals.append((0.0, False, 0.0, 0.0))
                 continue
             pb = (r.x0, r.y0, r.x1, r.y1)
             cx, cy = (pb[0] + pb[2]) / 2, (pb[1] + pb[3]) / 2
             inside = tb[0] <= cx < tb[2] and tb[1] <= cy < tb[3]
             on_true = _inter(pb, tb) / box_area(pb) if box_area(pb) else 0.0
-            vals.append((iou(pb, tb), inside, on_true))
-        df = pd.DataFrame(vals, columns=["iou", "centre_inside", "share_on_true"])
+            cb = tuple(getattr(r, f"cam_{k}", None) for k in ("x0", "y0", "x1", "y1"))
+            cam_iou = iou(cb, tb) if None not in cb else float("nan")
+            vals.append((iou(pb, tb), inside, on_true, cam_iou))
+        df = pd.DataFrame(vals, columns=["iou", "centre_inside", "share_on_true", "cam_iou"])
         out[stage] = {
             "n": len(df),
             "iou_median": float(df["iou"].median()) if len(df) else None,
             "iou_ge_0.5": float((df["iou"] >= 0.5).mean()) if len(df) else None,
             "centre_inside": float(df["centre_inside"].mean()) if len(df) else None,
             "share_on_true_ge_0.5": float((df["share_on_true"] >= 0.5).mean()) if len(df) else None,
+            # the CAM component's own box, before refinement and margin
+            "cam_box_iou_ge_0.5": float((df["cam_iou"] >= 0.5).mean())
+            if df["cam_iou"].notna().any()
+            else None,
             "status": reg["status"].value_counts().to_dict(),
         }
     return out

@@ -39,3 +39,24 @@ def test_erase_modes_only_touch_the_box():
         np.testing.assert_array_equal(e[:, :10], img[:, :10])
         assert not np.array_equal(e[20:40, 10:30], img[20:40, 10:30])
     assert (erase(img, (10, 20, 30, 40), "mean", rng)[20:40, 10:30] == round(img.mean())).all()
+
+
+def test_refine_foreground_takes_the_object_holding_the_cam():
+    from boneage.attend import refine_foreground
+
+    rng = np.random.default_rng(0)
+    view = rng.normal(30, 3, (100, 100)).clip(0, 255).astype(np.uint8)
+    view[:, :10] = 0  # letterbox padding on the left
+    view[20:90, 30:70] = 160  # the "hand"
+    view[5:12, 80:90] = 220  # a marker, brighter but elsewhere
+    cam = np.zeros((100, 100))
+    cam[60:70, 40:50] = 1.0  # the CAM lights up part of the hand only
+    box = refine_foreground(view, cam, (10.0, 0.0, 100.0, 100.0))
+    assert box == (30.0, 20.0, 70.0, 90.0)
+    cam_on_marker = np.zeros((100, 100))
+    cam_on_marker[6:10, 82:88] = 1.0
+    assert refine_foreground(view, cam_on_marker, (10.0, 0.0, 100.0, 100.0)) == (
+        80.0, 5.0, 90.0, 12.0,
+    )  # fmt: skip
+    # a flat view has no foreground: the caller keeps the CAM box (status cam_only)
+    assert refine_foreground(np.full((50, 50), 7, np.uint8), cam[:50, :50], (0, 0, 50, 50)) is None
