@@ -3,7 +3,10 @@ distribution head, and the class activation map (CAM) of that head.
 
 Grayscale inputs (1 channel) are replicated to the 3 channels the (ImageNet) backbone
 expects, which keeps pretrained first-layer filters exact; 3-channel inputs (the
-aggregator's stacked regions H, R1, R2) go in as they are.
+aggregator's stacked regions H, R1, R2) go in as they are; any other count of stacked
+grayscale regions (2, 4, 5) gets a first convolution with that many input channels whose
+filters are the pretrained filters' mean over RGB scaled by 3/C, so C identical channels
+give exactly the response of the pretrained network to that grayscale image.
 """
 
 from __future__ import annotations
@@ -22,17 +25,19 @@ class AgeNet(nn.Module):
         """`load_pretrained=False` builds the architecture only (weights come from a
         checkpoint); the input normalisation still follows `cfg.pretrained`."""
         super().__init__()
-        if in_channels not in (1, 3):
-            raise ValueError(
-                f"in_channels must be 1 (grayscale) or 3 (stacked regions), got {in_channels}"
-            )
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
         self.cfg = cfg
         self.in_channels = in_channels
         weights = cfg.pretrained if load_pretrained else "none"
         self.backbone, self.n_features = create_backbone(cfg.backbone, weights, cfg.output_stride)
         mean, std = input_stats(cfg.backbone, cfg.pretrained)
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        if in_channels not in (1, 3):
+            _adapt_first_conv(self.backbone, in_channels)
+            mean, std = [sum(mean) / 3] * in_channels, [sum(std) / 3] * in_channels
+        c = 3 if in_channels == 1 else in_channels
+        self.register_buffer("mean", torch.tensor(mean).view(1, c, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, c, 1, 1), persistent=False)
         self.sex_embed = nn.Linear(1, cfg.sex_dim) if cfg.sex_dim else None
         self.dropout = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(self.n_features + cfg.sex_dim, cfg.k)
@@ -63,10 +68,17 @@ class AgeNet(nn.Module):
 
     @torch.no_grad()
     def cam(
-        self, feats: torch.Tensor, logits: torch.Tensor, window: int, size: tuple[int, int]
+        self,
+        feats: torch.Tensor,
+        logits: torch.Tensor,
+        window: int | None,
+        size: tuple[int, int],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Class activation maps for the classes within ±window months of the predicted
-        age (expectation), ReLU'd, upsampled to `size`, normalised to [0, 1].
+        """Class activation maps, ReLU'd, upsampled to `size`, normalised to [0, 1].
+
+        window: the classes within ±window months of the predicted age (expectation),
+        equally weighted; None: every class weighted by its predicted probability, i.e.
+        the CAM of the expected class weights under the predicted age distribution.
 
         The class weights are centred (minus their mean over all K classes) before use:
         softmax is unchanged when one vector is added to every class's weights, so only
@@ -77,8 +89,11 @@ class AgeNet(nn.Module):
         p = torch.softmax(logits.float(), dim=1)
         age = expectation(p)  # [B]
         k = torch.arange(self.cfg.k, device=logits.device, dtype=torch.float32)
-        sel = ((k[None, :] - age[:, None]).abs() <= window).float()  # [B, K]
-        sel = sel / sel.sum(dim=1, keepdim=True).clamp_min(1)
+        if window is None:
+            sel = p
+        else:
+            sel = ((k[None, :] - age[:, None]).abs() <= window).float()  # [B, K]
+            sel = sel / sel.sum(dim=1, keepdim=True).clamp_min(1)
         weights = self.head.weight[:, : self.n_features].float()
         weights = weights - weights.mean(dim=0, keepdim=True)
         w = sel @ weights  # [B, C]
@@ -87,3 +102,27 @@ class AgeNet(nn.Module):
         cam = F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
         cam = cam / cam.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
         return cam.clamp(0, 1), peak
+
+
+def _adapt_first_conv(backbone: nn.Module, channels: int) -> None:
+    """Swap the first 3-channel convolution for one taking `channels` inputs."""
+    for name, mod in backbone.named_modules():
+        if isinstance(mod, nn.Conv2d) and mod.in_channels == 3:
+            new = nn.Conv2d(
+                channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding,
+                mod.dilation, mod.groups, mod.bias is not None, mod.padding_mode,
+            )  # fmt: skip
+            with torch.no_grad():
+                w = mod.weight.mean(dim=1, keepdim=True) * (3.0 / channels)
+                new.weight.copy_(w.repeat(1, channels, 1, 1))
+                if mod.bias is not None:
+                    new.bias.copy_(mod.bias)
+            if type(mod) is not nn.Conv2d:  # e.g. timm's Conv2dSame: keep its padding logic
+                mod.weight = nn.Parameter(new.weight.detach().clone())
+                mod.in_channels = channels
+                return
+            parent_name, _, attr = name.rpartition(".")
+            parent = backbone.get_submodule(parent_name) if parent_name else backbone
+            setattr(parent, attr, new)
+            return
+    raise ValueError("backbone has no 3-channel input convolution to adapt")

@@ -35,7 +35,8 @@ def test_forward_shapes_and_sex_input():
     with pytest.raises(ValueError, match="sex"):
         ms(torch.rand(2, 1, 64, 64))
     with pytest.raises(ValueError, match="in_channels"):
-        AgeNet(MCFG, in_channels=2)
+        AgeNet(MCFG, in_channels=0)
+    assert AgeNet(MCFG, in_channels=2)(torch.rand(2, 2, 64, 64)).shape == (2, 240)
 
 
 def test_cam_is_normalised_and_invariant_to_a_shift_of_all_class_weights():
@@ -54,6 +55,23 @@ def test_cam_is_normalised_and_invariant_to_a_shift_of_all_class_weights():
         cam2, _ = m.cam(feats2, logits2, 12, (96, 96))
     assert torch.allclose(torch.softmax(logits, 1), torch.softmax(logits2, 1), atol=1e-5)
     assert torch.allclose(cam, cam2, atol=1e-4)
+
+
+def test_cam_without_window_uses_the_predicted_distribution():
+    torch.manual_seed(1)
+    m = AgeNet(MCFG).eval()
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        logits, feats = m(x, return_features=True)
+        cam, _ = m.cam(feats, logits, None, feats.shape[-2:])
+        w = m.head.weight[:, : m.n_features]
+        w = w - w.mean(0, keepdim=True)
+        ref = torch.einsum("bc,bchw->bhw", torch.softmax(logits, 1) @ w, feats).relu()
+        ref = ref / ref.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
+        # a window covering every class weights all classes equally: a different map
+        wide, _ = m.cam(feats, logits, 1000, feats.shape[-2:])
+    assert torch.allclose(cam, ref, atol=1e-4)
+    assert not torch.allclose(cam, wide, atol=1e-3)
 
 
 def test_fit_learns_and_checkpoint_roundtrips(tmp_path):
