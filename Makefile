@@ -33,7 +33,12 @@ run: install
 	@echo "  data/processed/attend/{hand,r1,r2}/ regions.parquet, crop stores, review PNGs (r1: erased/)"
 	@echo "  data/reports/attend/{hand,r1,r2}/   CAM overlays (overlays.png montage)"
 	@echo "  data/reports/localization.json      demo boxes vs ground truth"
+	@echo "  data/models/aggregator/            aggregator (regions from params) + excluded.csv"
+	@echo "  data/reports/evaluate/             metrics.json, predictions.parquet, plots/ (dvc plots show)"
 	@python -m boneage.cli check-regions --truth data/raw/demo/boxes.csv --out data/reports/localization.json
+	@python -c "import json; m = json.load(open('data/reports/evaluate/metrics.json')); \
+	print(f\"aggregator {m['regions']} on {m['n']} test images: MAE {m['mae']:.1f} months \
+	(train-mean predictor {m['mae_predict_train_mean']:.1f}), {m['interval']:.0%} interval coverage {m['coverage']:.0%}\")"
 
 test: install
 	pytest

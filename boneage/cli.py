@@ -197,6 +197,90 @@ def attend(
     )
 
 
+@app.command("train-aggregator")
+def train_aggregator(
+    ingest_dir: IngestDirOpt = Path("data/interim/ingest"),
+    attend_root: AttendRootOpt = Path("data/processed/attend"),
+    out: Annotated[Path, typer.Option(help="model dir")] = Path("data/models/aggregator"),
+    metrics_out: Annotated[
+        Path | None, typer.Option("--metrics", help="also write metrics JSON here (DVC metric)")
+    ] = None,
+    regions: Annotated[
+        str | None, typer.Option(help="override params: regions joined by '+', e.g. H+R1+R2")
+    ] = None,
+    params: ParamsOpt = DEFAULT_PARAMS,
+    track: Annotated[bool, typer.Option(help="log to MLflow")] = True,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Train the aggregator (stacked regions + sex → age distribution)."""
+    from boneage.aggregator import train_aggregator as run
+    from boneage.tracking import Tracker
+
+    p = _params(params)
+    try:
+        metrics = run(p, _stage_paths(ingest_dir, attend_root), out, Tracker(track), progress,
+                      regions=tuple(regions.split("+")) if regions else None)  # fmt: skip
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    if metrics_out is not None:
+        metrics_out.parent.mkdir(parents=True, exist_ok=True)
+        metrics_out.write_text(json.dumps(metrics, indent=2) + "\n")
+    typer.echo(
+        f"aggregator {metrics['regions']}: val MAE {metrics['val_mae']:.2f} months "
+        f"(predicting the training mean: {metrics['val_mae_predict_train_mean']:.2f}); "
+        f"{metrics['n_excluded']} images excluded (no crop) -> {out}"
+    )
+
+
+@app.command()
+def evaluate(
+    ingest_dir: IngestDirOpt = Path("data/interim/ingest"),
+    attend_root: AttendRootOpt = Path("data/processed/attend"),
+    model: Annotated[Path, typer.Option(help="aggregator dir")] = Path("data/models/aggregator"),
+    out: Annotated[Path, typer.Option(help="report dir")] = Path("data/reports/evaluate"),
+    params: ParamsOpt = DEFAULT_PARAMS,
+    track: Annotated[bool, typer.Option(help="log to MLflow")] = True,
+) -> None:
+    """Test-split metrics, predictions and plots of an aggregator."""
+    from boneage.evaluate import evaluate as run
+    from boneage.tracking import Tracker
+
+    p = _params(params)
+    try:
+        m = run(p, _stage_paths(ingest_dir, attend_root), model, out, Tracker(track))
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"evaluate {m['regions']} on {m['n']} test images: MAE {m['mae']:.2f}, RMSE "
+        f"{m['rmse']:.2f}, bias {m['bias']:+.2f} months, {100 * m['interval']:.0f}% interval "
+        f"coverage {100 * m['coverage']:.0f}% (train-mean predictor: "
+        f"{m['mae_predict_train_mean']:.2f}) -> {out}"
+    )
+
+
+@app.command()
+def ablation(
+    ingest_dir: IngestDirOpt = Path("data/interim/ingest"),
+    attend_root: AttendRootOpt = Path("data/processed/attend"),
+    models_root: Annotated[Path, typer.Option(help="models root")] = Path("data/models"),
+    reports: Annotated[Path, typer.Option(help="reports root")] = Path("data/reports"),
+    params: ParamsOpt = DEFAULT_PARAMS,
+    track: Annotated[bool, typer.Option(help="log to MLflow")] = True,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = False,
+) -> None:
+    """Train + evaluate every region set of params ablation.configs; write ablation.md."""
+    from boneage.ablation import run_ablation
+    from boneage.tracking import Tracker
+
+    p = _params(params)
+    try:
+        run_ablation(p, _stage_paths(ingest_dir, attend_root), models_root, reports,
+                     lambda: Tracker(track), progress, log=typer.echo)  # fmt: skip
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"ablation table -> {reports / 'ablation.md'}")
+
+
 @app.command("check-regions")
 def check_regions(
     truth: Annotated[Path, typer.Option(help="ground-truth boxes.csv (demo cohort)")],

@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -128,7 +135,10 @@ class LocalizerConfig(Strict):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     augment: AugmentConfig = AugmentConfig()
-    cam_window: int = Field(12, ge=0)  # CAM: classes within ±window months of the predicted age
+    # CAM class weights: those of the classes within ±cam_window months of the predicted
+    # age; null: every class weighted by its predicted probability (expected weights
+    # under the predicted distribution; measured better on the demo's R1/R2, see README).
+    cam_window: int | None = Field(None, ge=0)
     hand: LocalizerStageConfig = LocalizerStageConfig()
     r1: LocalizerStageConfig = LocalizerStageConfig()
     r2: LocalizerStageConfig = LocalizerStageConfig()
@@ -155,6 +165,12 @@ class AttendStageConfig(Strict):
     # stage's input view: (x0, y0, x1, y1) in [0, 1].
     prior: RelBox = (0.0, 0.0, 1.0, 1.0)
     erase: str = Field("mean", pattern="^(mean|noise|blur)$")  # r1: how E fills the R1 box
+    # Box refinement after the CAM: 'none' keeps the CAM component's box; 'foreground'
+    # takes the radiograph's foreground component (Otsu threshold of the smoothed view,
+    # padding excluded) holding the most CAM mass: a class activation map lights up the
+    # most age-discriminative bones, not the whole hand, so its box alone under-covers the
+    # hand; the CAM still decides which object is the hand (no annotations either way).
+    refine: str = Field("none", pattern="^(none|foreground)$")
 
 
 class AttendConfig(Strict):
@@ -174,6 +190,46 @@ class AttendConfig(Strict):
         return getattr(self, name)
 
 
+REGIONS = ("O", "H", "R1", "R2", "E")
+
+
+class AggregatorConfig(Strict):
+    """The age aggregator over image regions (paper: H, R1, R2 stacked as channels).
+
+    Regions: O = whole image (ingest store), H = hand crop, R1 = carpal crop, R2 =
+    metacarpal/phalanx crop, E = hand crop with R1 erased (attend outputs).
+    """
+
+    regions: tuple[str, ...] = ("H", "R1", "R2")
+    img_size: int = Field(256, ge=32)  # every region is resized to img_size x img_size
+    model: ModelConfig = ModelConfig(sex_dim=32, output_stride=32)
+    train: TrainConfig = TrainConfig()
+    augment: AugmentConfig = AugmentConfig()
+
+    @field_validator("regions")
+    @classmethod
+    def _known_regions(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [r for r in v if r not in REGIONS]
+        if bad or not v:
+            raise ValueError(f"regions must be a non-empty list of {', '.join(REGIONS)}; got {v}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"regions listed twice: {v}")
+        return v
+
+
+class EvaluateConfig(Strict):
+    interval: float = Field(0.9, gt=0, lt=1)  # central interval of the predicted distribution
+    age_bands_years: tuple[float, ...] = (0, 5, 10, 15, 20)  # MAE by band [a, b)
+
+
+class AblationConfig(Strict):
+    # region sets trained and evaluated with the aggregator's budget (params aggregator)
+    configs: tuple[tuple[str, ...], ...] = (
+        ("O",), ("H",), ("R1",), ("R2",), ("H", "R1"), ("R1", "R2"),
+        ("O", "H", "R1"), ("H", "R1", "E"), ("H", "R1", "R2"),
+    )  # fmt: skip
+
+
 class Params(Strict):
     """All of params.yaml. Sections are optional; missing ones take their defaults."""
 
@@ -183,6 +239,9 @@ class Params(Strict):
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     localizer: LocalizerConfig = LocalizerConfig()
     attend: AttendConfig = AttendConfig()
+    aggregator: AggregatorConfig = AggregatorConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    ablation: AblationConfig = AblationConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
