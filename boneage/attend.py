@@ -81,14 +81,10 @@ def cam_to_box(cam: np.ndarray, cfg: AttendStageConfig, prior_in_input: Box) -> 
     return CamBox(box, "ok", float(mask.mean()), _mass(cam, box, total))
 
 
-def refine_foreground(view: np.ndarray, cam: np.ndarray, valid: Box) -> Box | None:
-    """The box of the foreground component holding the most CAM mass (cam: any
-    non-negative weight map), or None.
-
-    view: the uint8 network input the CAM was computed on (same shape as cam); valid: the
-    part of it that is image, not letterbox padding. Foreground = Otsu threshold of the
-    lightly smoothed view inside `valid`, opened once to cut thin bridges to markers.
-    """
+def foreground_mask(view: np.ndarray, valid: Box) -> np.ndarray | None:
+    """The radiograph's foreground in a network input view: Otsu threshold of the lightly
+    smoothed view inside `valid` (the part that is image, not letterbox padding), opened
+    once to cut thin bridges to markers. None when the view has no contrast."""
     from skimage.filters import threshold_otsu
 
     h, w = view.shape
@@ -99,18 +95,45 @@ def refine_foreground(view: np.ndarray, cam: np.ndarray, valid: Box) -> Box | No
     sm = ndimage.gaussian_filter(view[y0:y1, x0:x1].astype(np.float32), 1.0)
     if float(sm.max() - sm.min()) < 1.0:
         return None
-    fg = ndimage.binary_opening(sm > threshold_otsu(sm), iterations=1)
+    out = np.zeros(view.shape, dtype=bool)
+    out[y0:y1, x0:x1] = ndimage.binary_opening(sm > threshold_otsu(sm), iterations=1)
+    return out
+
+
+def refine_foreground(
+    view: np.ndarray, cam: np.ndarray, valid: Box, min_object: float = 0.05
+) -> Box | None:
+    """The box of the foreground component (see `foreground_mask`) holding the most CAM
+    mass (cam: any non-negative weight map, same shape as view), or None. Components
+    smaller than `min_object` of the valid area are never chosen: a hand fills a good part
+    of a hand radiograph, a side marker or a bright film-edge strip does not."""
+    fg = foreground_mask(view, valid)
+    if fg is None:
+        return None
     labels, n = ndimage.label(fg)
     if n == 0:
         return None
-    mass = np.bincount(labels.ravel(), weights=cam[y0:y1, x0:x1].ravel(), minlength=n + 1)
+    mass = np.bincount(labels.ravel(), weights=cam.ravel(), minlength=n + 1)
     mass[0] = 0.0
+    area = np.bincount(labels.ravel(), minlength=n + 1)
+    valid_area = max(1.0, (valid[2] - valid[0]) * (valid[3] - valid[1]))
+    mass[area < min_object * valid_area] = 0.0
     best = int(np.argmax(mass))
     if mass[best] <= 0:
         return None
     sl = ndimage.find_objects(labels)[best - 1]
-    return (float(sl[1].start + x0), float(sl[0].start + y0),
-            float(sl[1].stop + x0), float(sl[0].stop + y0))  # fmt: skip
+    return (float(sl[1].start), float(sl[0].start), float(sl[1].stop), float(sl[0].stop))
+
+
+def mask_to_foreground(cam: np.ndarray, view: np.ndarray, valid: Box, grow: int = 3) -> np.ndarray:
+    """The CAM with everything off the (slightly grown) foreground set to 0, renormalised
+    to [0, 1]; unchanged when the view has no usable foreground."""
+    fg = foreground_mask(view, valid)
+    if fg is None or not fg.any():
+        return cam
+    masked = cam * ndimage.binary_dilation(fg, iterations=grow)
+    peak = float(masked.max())
+    return masked / peak if peak > 0 else cam
 
 
 def _mass(cam: np.ndarray, b: Box, total: float) -> float:
@@ -329,12 +352,14 @@ def _process_one(
     # the prior box, given relative to the view, expressed in input pixels
     vw, vh = view_size
     prior_input = to_view.inverse().box(_rel_box(scfg.prior, vw, vh))
+    valid = to_view.inverse().box((0.0, 0.0, vw, vh))
+    if scfg.cam_mask == "foreground":
+        cam = mask_to_foreground(cam, view, valid)
     cb = cam_to_box(cam, scfg, prior_input)
     ow, oh = float(manifest_row["orig_width"]), float(manifest_row["orig_height"])
     cam_box = clip(input_to_orig.box(cb.box), ow, oh)
     net_box, status = cb.box, cb.status
     if scfg.refine == "foreground":  # the CAM (even one too small to pass) seeds it
-        valid = to_view.inverse().box((0.0, 0.0, vw, vh))
         seed = cam
         if not cam.any():  # no CAM evidence at all: the foreground inside the prior box
             seed = np.zeros_like(cam)
