@@ -281,6 +281,25 @@ def ablation(
     typer.echo(f"ablation table -> {reports / 'ablation.md'}")
 
 
+@app.command("review-montage")
+def review_montage(
+    ingest_dir: IngestDirOpt = Path("data/interim/ingest"),
+    attend_root: AttendRootOpt = Path("data/processed/attend"),
+    out: Annotated[Path, typer.Option(help="montage PNG")] = Path(
+        "data/reports/regions_montage.png"
+    ),
+    n: Annotated[int, typer.Option(help="images, spread over the age range")] = 12,
+) -> None:
+    """Hand (green), R1 (red), R2 (cyan) boxes drawn on stored images, as one montage."""
+    from boneage.review import regions_montage
+
+    try:
+        ids = regions_montage(_stage_paths(ingest_dir, attend_root), out, n)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"{len(ids)} images -> {out}")
+
+
 @app.command("check-regions")
 def check_regions(
     truth: Annotated[Path, typer.Option(help="ground-truth boxes.csv (demo cohort)")],
