@@ -1,0 +1,67 @@
+"""`make run`'s pipeline, exactly as committed (params.yaml, dvc.yaml), from scratch in a
+temporary copy of the repo: demo → ingest → validate → hand/r1/r2 localizers and attend →
+aggregator → evaluate. Asserts the localization acceptance on the demo's test split (the
+demo knows the true boxes) and that evaluate's metrics and plots are in place.
+
+Acceptance (issue "attention localization"): hand box IoU ≥ 0.5 on ≥ 90 % of test images;
+R1 box centre inside the true carpal region on ≥ 80 %; R2 box lying mostly on the true
+metacarpal/phalanx region on ≥ 70 %. Training is seeded and deterministic on CPU, so this
+run reproduces the numbers in the README.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from boneage.localization_eval import acceptance, evaluate_localization
+from tests.test_dvc_pipeline import _copy_repo
+
+
+@pytest.mark.slow
+def test_make_run_pipeline_meets_the_localization_acceptance(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _copy_repo(repo)
+    (repo / "dvc.lock").unlink(missing_ok=True)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db")  # fmt: skip
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], cwd=repo, check=True)
+    run = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    result = evaluate_localization(repo / "data/processed/attend", repo / "data/raw/demo/boxes.csv")
+    checks = acceptance(result)
+    print("localization on the demo test split:", json.dumps(result, indent=1))
+    for name, (observed, goal, _) in checks.items():
+        print(f"  {name:<34} {observed:.0%}  (goal >= {goal:.0%})")
+    n_test = result["hand"]["n"]
+    assert n_test >= 10
+    for name, (observed, goal, passed) in checks.items():
+        assert passed, f"{name}: {observed:.0%} < {goal:.0%} on {n_test} test images"
+
+    metrics = json.loads((repo / "data/reports/evaluate/metrics.json").read_text())
+    print("aggregator on the demo test split:", json.dumps(metrics, indent=1))
+    assert metrics["regions"] == "H+R1+R2" and metrics["n"] == n_test
+    assert metrics["mae"] < 0.7 * metrics["mae_predict_train_mean"]
+    preds = pd.read_parquet(repo / "data/reports/evaluate/predictions.parquet")
+    manifest = pd.read_parquet(repo / "data/interim/ingest/manifest.parquet")
+    assert sorted(preds["id"]) == sorted(manifest["id"])
+    for name in ("pred_vs_true", "bland_altman", "mae_by_age_band", "error_hist"):
+        assert (repo / f"data/reports/evaluate/plots/{name}.png").stat().st_size > 1000
+        assert (repo / f"data/reports/evaluate/plots/{name}.csv").is_file()
+    shown = subprocess.run(
+        ["dvc", "plots", "show", "--json"], cwd=repo, env=env, capture_output=True, text=True
+    )
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "pred_vs_true.csv" in shown.stdout and "bland_altman.png" in shown.stdout
+    # nothing changed → nothing re-runs
+    again = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and "Running stage" not in again.stdout
