@@ -37,16 +37,25 @@ def run_ablation(
     tracker_factory: Callable[[], Tracker] = lambda: Tracker(enabled=False),
     progress: bool = True,
     log: Callable[[str], None] = print,
+    resume: bool = False,
 ) -> list[dict]:
+    """resume=True reuses a region set's finished model + evaluation (both metrics.json
+    present, same budget) instead of training it again — for a run that was interrupted."""
     rows = []
+    budget = _budget(params)
     for regions in params.ablation.configs:
         name = region_name(regions)
         t0 = time.perf_counter()
         model_dir = Path(models_root) / "ablation" / name
-        train_m = train_aggregator(params, paths, model_dir, tracker_factory(), progress,
-                                   regions=tuple(regions))  # fmt: skip
-        ev = evaluate(params, paths, model_dir, Path(reports_root) / "ablation" / name,
-                      tracker_factory())  # fmt: skip
+        eval_dir = Path(reports_root) / "ablation" / name
+        done = _finished(model_dir, eval_dir, params) if resume else None
+        if done is not None:
+            train_m, ev = done
+            log(f"ablation {name}: reusing the finished run in {model_dir}")
+        else:
+            train_m = train_aggregator(params, paths, model_dir, tracker_factory(), progress,
+                                       regions=tuple(regions))  # fmt: skip
+            ev = evaluate(params, paths, model_dir, eval_dir, tracker_factory())
         row = {
             "regions": name,
             "test_mae": ev["mae"],
@@ -67,11 +76,26 @@ def run_ablation(
             f"{row['seconds']:.0f} s)")  # fmt: skip
     reports_root = Path(reports_root)
     reports_root.mkdir(parents=True, exist_ok=True)
-    budget = _budget(params)
     (reports_root / "ablation.json").write_text(
         json.dumps({"budget": budget, "rows": rows}, indent=2) + "\n")  # fmt: skip
     (reports_root / "ablation.md").write_text(ablation_markdown(rows, budget))
     return rows
+
+
+def _finished(model_dir: Path, eval_dir: Path, params: Params) -> tuple[dict, dict] | None:
+    """(train metrics, eval metrics) of a finished run trained with today's budget, else None."""
+    cfg_f, train_f, eval_f = (model_dir / "config.json", model_dir / "metrics.json",
+                              eval_dir / "metrics.json")  # fmt: skip
+    if not (cfg_f.is_file() and train_f.is_file() and eval_f.is_file()):
+        return None
+    cfg = json.loads(cfg_f.read_text())
+    a = params.aggregator
+    same = (
+        cfg.get("img_size") == a.img_size
+        and cfg.get("train") == json.loads(a.train.model_dump_json())
+        and cfg.get("model") == json.loads(a.model.model_dump_json())
+    )
+    return (json.loads(train_f.read_text()), json.loads(eval_f.read_text())) if same else None
 
 
 def _budget(params: Params) -> dict:

@@ -267,6 +267,9 @@ def ablation(
     params: ParamsOpt = DEFAULT_PARAMS,
     track: Annotated[bool, typer.Option(help="log to MLflow")] = True,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="reuse region sets already trained+evaluated with this budget")
+    ] = False,
 ) -> None:
     """Train + evaluate every region set of params ablation.configs; write ablation.md."""
     from boneage.ablation import run_ablation
@@ -275,7 +278,7 @@ def ablation(
     p = _params(params)
     try:
         run_ablation(p, _stage_paths(ingest_dir, attend_root), models_root, reports,
-                     lambda: Tracker(track), progress, log=typer.echo)  # fmt: skip
+                     lambda: Tracker(track), progress, log=typer.echo, resume=resume)  # fmt: skip
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(f"ablation table -> {reports / 'ablation.md'}")

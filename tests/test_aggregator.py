@@ -180,3 +180,22 @@ def test_ablation_markdown_lists_every_row_and_the_paper_column():
     assert "| O | 20.00 |" in md and "| 7.3 |" in md
     assert "| H+R1 | 18.00 |" in md and "| — |" in md
     assert "img_size=64" in md and "40.00" in md
+
+
+def test_ablation_resume_reuses_only_runs_with_the_same_budget(tmp_path):
+    from boneage.ablation import _finished
+
+    params = load_params("params.yaml")
+    a = params.aggregator
+    model_dir, eval_dir = tmp_path / "m", tmp_path / "e"
+    assert _finished(model_dir, eval_dir, params) is None  # nothing there yet
+    model_dir.mkdir()
+    eval_dir.mkdir()
+    (model_dir / "metrics.json").write_text(json.dumps({"val_mae": 1.0}))
+    (eval_dir / "metrics.json").write_text(json.dumps({"mae": 2.0}))
+    cfg = {"img_size": a.img_size, "train": json.loads(a.train.model_dump_json()),
+           "model": json.loads(a.model.model_dump_json())}  # fmt: skip
+    (model_dir / "config.json").write_text(json.dumps(cfg))
+    assert _finished(model_dir, eval_dir, params) == ({"val_mae": 1.0}, {"mae": 2.0})
+    other = load_params("params.yaml", {"aggregator": {"train": {"epochs": 99}}})
+    assert _finished(model_dir, eval_dir, other) is None
