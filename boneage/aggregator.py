@@ -18,7 +18,6 @@ cannot be stacked: it is left out of training/evaluation and written, with the r
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,14 @@ from boneage.config import AggregatorConfig, Params
 from boneage.localizer import StagePaths, read_manifest
 from boneage.models import AgeNet
 from boneage.tracking import Tracker
-from boneage.training import TensorData, fit, save_model, seed_everything, sex_code
+from boneage.training import (
+    TensorData,
+    fit,
+    fit_metrics,
+    save_model,
+    seed_everything,
+    sex_code,
+)
 from boneage.views import load_views
 
 REGION_STAGE = {"H": "hand", "R1": "r1", "R2": "r2"}
@@ -129,21 +135,12 @@ def train_aggregator(
         tracker.log_params({**acfg.model_dump(), "n_train": len(train), "n_val": len(val),
                             "n_excluded": len(excluded)})  # fmt: skip
         result = fit(model, train, val, tcfg, acfg.augment, tracker, progress)
-        baseline = float((val.age - train.age.mean()).abs().mean())
         metrics = {
             "regions": name,
-            "val_mae": result.best_val_mae,
-            "val_mae_predict_train_mean": baseline,
-            "improvement_over_mean": 1 - result.best_val_mae / baseline if baseline else math.nan,
-            "best_epoch": result.best_epoch,
-            "epochs_run": result.epochs_run,
-            "n_train": len(train),
-            "n_val": len(val),
+            **fit_metrics(result, train, val),
             "n_excluded": len(excluded),
             "train_mean_age": float(train.age.mean()),
             "train_age_range": [float(train.age.min()), float(train.age.max())],
-            "train_images_per_second": result.train_images_per_second,
-            "seconds": result.seconds,
         }
         out_dir.mkdir(parents=True, exist_ok=True)
         save_model(model, out_dir, {

@@ -10,7 +10,6 @@ Its CAM (classes around the predicted age) is what `attend` turns into boxes.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,14 @@ import torch
 from boneage.config import Params
 from boneage.models import AgeNet
 from boneage.tracking import Tracker
-from boneage.training import TensorData, fit, save_model, seed_everything, sex_code
+from boneage.training import (
+    TensorData,
+    fit,
+    fit_metrics,
+    save_model,
+    seed_everything,
+    sex_code,
+)
 from boneage.views import load_views
 
 STAGES = ("hand", "r1", "r2")
@@ -134,19 +140,7 @@ def train_localizer(
             model, train, val, tcfg, lcfg.augment, tracker, progress,
             hide=(scfg.hide_grid, scfg.hide_p),
         )  # fmt: skip
-        baseline = float((val.age - train.age.mean()).abs().mean())
-        metrics = {
-            "stage": stage,
-            "val_mae": result.best_val_mae,
-            "val_mae_predict_train_mean": baseline,
-            "improvement_over_mean": 1 - result.best_val_mae / baseline if baseline else math.nan,
-            "best_epoch": result.best_epoch,
-            "epochs_run": result.epochs_run,
-            "n_train": len(train),
-            "n_val": len(val),
-            "train_images_per_second": result.train_images_per_second,
-            "seconds": result.seconds,
-        }
+        metrics = {"stage": stage, **fit_metrics(result, train, val)}
         out_dir.mkdir(parents=True, exist_ok=True)
         save_model(model, out_dir, {
             "kind": "localizer", "stage": stage, "img_size": scfg.img_size,

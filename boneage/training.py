@@ -221,6 +221,22 @@ def fit(
     )
 
 
+def fit_metrics(result: FitResult, train: TensorData, val: TensorData) -> dict[str, Any]:
+    """The metrics every trainer reports after `fit`, with the train-mean baseline."""
+    baseline = float((val.age - train.age.mean()).abs().mean())
+    return {
+        "val_mae": result.best_val_mae,
+        "val_mae_predict_train_mean": baseline,
+        "improvement_over_mean": 1 - result.best_val_mae / baseline if baseline else math.nan,
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "n_train": len(train),
+        "n_val": len(val),
+        "train_images_per_second": result.train_images_per_second,
+        "seconds": result.seconds,
+    }
+
+
 def save_model(model: AgeNet, out_dir: Path, config: dict[str, Any]) -> None:
     """model.pt (fp32 state dict of the best weights) + config.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
