@@ -88,6 +88,10 @@ class ModelConfig(Strict):
     sex_dim: int = Field(0, ge=0)  # 0 = no sex input
     k: int = Field(240, ge=2)
     dropout: float = Field(0.2, ge=0, lt=1)
+    # How several stacked regions enter the network (aggregator): "stack" = as the channels
+    # of one backbone (paper); "per_region" = one backbone per region, pooled features
+    # concatenated before the head (3x the compute and weights for H+R1+R2).
+    fusion: str = Field("stack", pattern="^(stack|per_region)$")
 
 
 class TrainConfig(Strict):
@@ -233,6 +237,51 @@ class AblationConfig(Strict):
         ("O",), ("H",), ("R1",), ("R2",), ("H", "R1"), ("R1", "R2"),
         ("O", "H", "R1"), ("H", "R1", "E"), ("H", "R1", "R2"),
     )  # fmt: skip
+    # region sets trained once more with fusion per_region (one backbone per region,
+    # features concatenated), same budget otherwise: the measured case for that mode
+    per_region: tuple[tuple[str, ...], ...] = (("H", "R1", "R2"),)
+
+    @field_validator("configs", "per_region")
+    @classmethod
+    def _known(cls, v: tuple[tuple[str, ...], ...], info) -> tuple[tuple[str, ...], ...]:
+        for regions in v:
+            bad = [r for r in regions if r not in REGIONS]
+            if bad or not regions or len(set(regions)) != len(regions):
+                raise ValueError(f"ablation.{info.field_name}: bad region set {list(regions)}")
+            if info.field_name == "per_region" and len(regions) < 2:
+                raise ValueError(f"ablation.per_region: {list(regions)} has one region; "
+                                 "per-region fusion needs at least two")  # fmt: skip
+        return v
+
+
+class CarpalConfig(Strict):
+    """The carpal-only head (region R1 alone) whose age is reported beside the main one:
+    the aggregator's model/training settings with this resolution and epoch count."""
+
+    img_size: int = Field(96, ge=32)
+    epochs: int = Field(5, ge=1)
+
+
+class ScoreConfig(Strict):
+    """Scoring new cohorts (boneage score)."""
+
+    shard_size: int = Field(32, ge=1)  # images per resumable shard
+    low_confidence_sd_months: float = Field(18.0, gt=0)  # flag when the predicted SD exceeds it
+    sds_flag: float = Field(2.0, gt=0)  # flag when |SDS| exceeds it
+    overlays: bool = True
+    report_thumbnails: int = Field(200, ge=0)  # at most this many overlay thumbnails in report.html
+
+
+class RegistryConfig(Strict):
+    """Model registry and the promotion gate (boneage register / promote)."""
+
+    model_name: str = Field("boneage", pattern=r"^[A-Za-z0-9_.-]+$")
+    margin_months: float = Field(0.5, ge=0)  # challenger must beat champion MAE by this much
+    # the fixed evaluation set both models are scored on: the labelled rows of this
+    # cohort whose project split (ingest.split, by id hash) is `eval_split`
+    eval_cohort: str = "data/raw/demo/images"
+    eval_labels: str = "data/raw/demo/labels.csv"
+    eval_split: str = Field("test", pattern="^(train|val|test|all)$")
 
 
 class Params(Strict):
@@ -247,6 +296,9 @@ class Params(Strict):
     aggregator: AggregatorConfig = AggregatorConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     ablation: AblationConfig = AblationConfig()
+    carpal: CarpalConfig = CarpalConfig()
+    score: ScoreConfig = ScoreConfig()
+    registry: RegistryConfig = RegistryConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

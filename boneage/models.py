@@ -7,6 +7,9 @@ aggregator's stacked regions H, R1, R2) go in as they are; any other count of st
 grayscale regions (2, 4, 5) gets a first convolution with that many input channels whose
 filters are the pretrained filters' mean over RGB scaled by 3/C, so C identical channels
 give exactly the response of the pretrained network to that grayscale image.
+
+With `fusion: per_region` each of the C regions instead gets its own backbone (grayscale,
+pretrained filters exact), and their pooled features are concatenated before the head.
 """
 
 from __future__ import annotations
@@ -32,6 +35,19 @@ class AgeNet(nn.Module):
         weights = cfg.pretrained if load_pretrained else "none"
         self.backbone, self.n_features = create_backbone(cfg.backbone, weights, cfg.output_stride)
         mean, std = input_stats(cfg.backbone, cfg.pretrained)
+        self.branches = None
+        if cfg.fusion == "per_region" and in_channels > 1:
+            # one backbone per region: the first is self.backbone, the others are copies
+            # built the same way (same pretrained start), each fed one region as grayscale
+            extra = [create_backbone(cfg.backbone, weights, cfg.output_stride)[0]
+                     for _ in range(in_channels - 1)]  # fmt: skip
+            self.branches = nn.ModuleList(extra)
+            self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+            self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+            self.sex_embed = nn.Linear(1, cfg.sex_dim) if cfg.sex_dim else None
+            self.dropout = nn.Dropout(cfg.dropout)
+            self.head = nn.Linear(self.n_features * in_channels + cfg.sex_dim, cfg.k)
+            return
         if in_channels not in (1, 3):
             _adapt_first_conv(self.backbone, in_channels)
             mean, std = [sum(mean) / 3] * in_channels, [sum(std) / 3] * in_channels
@@ -44,6 +60,8 @@ class AgeNet(nn.Module):
 
     def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, in_channels, H, W] floats in [0, 1] → [B, C, h, w]."""
+        if self.branches is not None:
+            raise ValueError("fusion per_region has one feature map per region; no single CAM")
         if self.in_channels == 1:
             x = x.expand(-1, 3, -1, -1)
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
@@ -57,14 +75,26 @@ class AgeNet(nn.Module):
     def forward(
         self, x: torch.Tensor, sex: torch.Tensor | None = None, return_features: bool = False
     ):
-        feats = self.feature_maps(x)
-        z = self.pool(feats)
+        if self.branches is not None:
+            if return_features:
+                raise ValueError("fusion per_region: no single feature map to return")
+            feats = None
+            z = torch.cat([self.pool(self._branch(i, x[:, i : i + 1]))
+                           for i in range(self.in_channels)], dim=1)  # fmt: skip
+        else:
+            feats = self.feature_maps(x)
+            z = self.pool(feats)
         if self.sex_embed is not None:
             if sex is None:
                 raise ValueError("this model takes sex as input (sex_dim > 0)")
             z = torch.cat([z, self.sex_embed(sex.view(-1, 1).to(z.dtype))], dim=1)
         logits = self.head(self.dropout(z))
         return (logits, feats) if return_features else logits
+
+    def _branch(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Region i ([B, 1, H, W]) through its own backbone."""
+        x = (x.expand(-1, 3, -1, -1) - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        return (self.backbone if i == 0 else self.branches[i - 1])(x)
 
     @torch.no_grad()
     def cam(

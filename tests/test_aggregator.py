@@ -199,3 +199,32 @@ def test_ablation_resume_reuses_only_runs_with_the_same_budget(tmp_path):
     assert _finished(model_dir, eval_dir, params) == ({"val_mae": 1.0}, {"mae": 2.0})
     other = load_params("params.yaml", {"aggregator": {"train": {"epochs": 99}}})
     assert _finished(model_dir, eval_dir, other) is None
+    # a per-region-backbone run is a different model: never reused for the stacked row
+    from boneage.ablation import _with_fusion
+
+    assert _finished(model_dir, eval_dir, _with_fusion(params, "per_region")) is None
+
+
+def test_ablation_per_region_sets_need_two_known_regions():
+    with pytest.raises(ValueError, match="one region"):
+        load_params("params.yaml", {"ablation": {"per_region": [["H"]]}})
+    with pytest.raises(ValueError, match="bad region set"):
+        load_params("params.yaml", {"ablation": {"configs": [["H", "X"]]}})
+    p = load_params("params.yaml", {"ablation": {"per_region": [["H", "R1", "R2"]]}})
+    assert p.ablation.per_region == (("H", "R1", "R2"),)
+
+
+def test_ablation_resume_accepts_a_run_saved_before_a_defaulted_field_existed(tmp_path):
+    from boneage.ablation import _finished
+
+    params = load_params("params.yaml")
+    a = params.aggregator
+    (tmp_path / "m").mkdir()
+    (tmp_path / "e").mkdir()
+    (tmp_path / "m" / "metrics.json").write_text("{}")
+    (tmp_path / "e" / "metrics.json").write_text("{}")
+    model = json.loads(a.model.model_dump_json())
+    del model["fusion"]  # saved by a version without the field: default "stack"
+    cfg = {"img_size": a.img_size, "train": json.loads(a.train.model_dump_json()), "model": model}
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    assert _finished(tmp_path / "m", tmp_path / "e", params) == ({}, {})

@@ -39,6 +39,38 @@ def test_forward_shapes_and_sex_input():
     assert AgeNet(MCFG, in_channels=2)(torch.rand(2, 2, 64, 64)).shape == (2, 240)
 
 
+def test_per_region_fusion_gives_each_region_its_own_backbone(tmp_path):
+    torch.manual_seed(0)
+    cfg = MCFG.model_copy(update={"fusion": "per_region", "sex_dim": 4})
+    m = AgeNet(cfg, in_channels=3).eval()
+    single = AgeNet(MCFG).eval()
+    assert m.head.in_features == 3 * single.n_features + 4
+    # same architecture and start per branch, separate parameters
+    assert all(
+        p is not q for p, q in zip(m.backbone.parameters(), m.branches[0].parameters(), strict=True)
+    )
+    x, sex = torch.rand(2, 3, 64, 64), torch.tensor([0.0, 1.0])
+    with torch.no_grad():
+        # branch i sees region i only: the pooled features are the concatenation of each
+        # backbone's features of its own grayscale region
+        z = torch.cat([m.pool(m._branch(i, x[:, i : i + 1])) for i in range(3)], 1)
+        z = torch.cat([z, m.sex_embed(sex.view(-1, 1))], 1)
+        assert torch.allclose(m(x, sex), m.head(z), atol=1e-5)
+        # changing region 2 changes only branch 2's features
+        x2 = x.clone()
+        x2[:, 2] = torch.rand(2, 64, 64)
+        f0 = m.pool(m._branch(0, x2[:, :1]))
+        assert torch.allclose(f0, z[:, : single.n_features], atol=1e-6)
+        assert not torch.allclose(m(x2, sex), m(x, sex))
+    with pytest.raises(ValueError, match="per_region"):
+        m(x, sex, return_features=True)
+    save_model(m, tmp_path / "pr", {"kind": "aggregator"})
+    loaded, meta = load_model(tmp_path / "pr")
+    assert meta["model"]["fusion"] == "per_region" and loaded.branches is not None
+    with torch.no_grad():
+        assert torch.allclose(loaded(x, sex), m(x, sex), atol=1e-5)
+
+
 def test_cam_is_normalised_and_invariant_to_a_shift_of_all_class_weights():
     torch.manual_seed(0)
     m = AgeNet(MCFG).eval()
