@@ -56,6 +56,39 @@ def region_name(regions: tuple[str, ...] | list[str]) -> str:
     return "+".join(regions)
 
 
+def region_arrays(
+    paths: StagePaths, ids: list[str], regions: tuple[str, ...], size: int, workers: int = 0
+) -> tuple[list[str], np.ndarray, dict[str, list[str]]]:
+    """(ids having every region, uint8 [N, len(regions), size, size] in that order,
+    {id: missing regions} for the others). Labels play no part (scoring uses this too)."""
+    wanted = set(ids)
+    per_region: dict[str, dict[str, np.ndarray]] = {}
+    for region in regions:
+        store = region_store(paths, region)
+        if not (store / "store.json").is_file():
+            hint = "boneage ingest" if region == "O" else "boneage attend"
+            raise FileNotFoundError(f"{store}: store for region {region} missing (run {hint})")
+        views = load_views(store, size, wanted, workers)
+        per_region[region] = dict(zip(views.ids, views.x, strict=True))
+    missing: dict[str, list[str]] = {}
+    keep = []
+    for i in ids:
+        lack = [g for g in regions if i not in per_region[g]]
+        if lack:
+            missing[i] = lack
+        else:
+            keep.append(i)
+    if keep:
+        x = np.stack([np.stack([per_region[g][i] for g in regions]) for i in keep])
+    else:
+        x = np.zeros((0, len(regions), size, size), np.uint8)
+    return keep, x, missing
+
+
+def missing_reason(lack: list[str]) -> str:
+    return f"no {'/'.join(lack)} crop (attend failed)"
+
+
 def load_region_data(
     paths: StagePaths,
     manifest: pd.DataFrame,
@@ -69,39 +102,33 @@ def load_region_data(
     image that lacks one of the regions (id, split, reason).
     """
     labelled = manifest[manifest["boneage_months"].notna()]
-    wanted = set(labelled["id"])
-    per_region: dict[str, dict[str, np.ndarray]] = {}
-    for region in regions:
-        store = region_store(paths, region)
-        if not (store / "store.json").is_file():
-            hint = "boneage ingest" if region == "O" else "boneage attend"
-            raise FileNotFoundError(f"{store}: store for region {region} missing (run {hint})")
-        views = load_views(store, size, wanted, workers)
-        per_region[region] = dict(zip(views.ids, views.x, strict=True))
-    excluded = []
-    keep = []
-    for r in labelled.itertuples():
-        missing = [g for g in regions if r.id not in per_region[g]]
-        if missing:
-            excluded.append({"id": r.id, "split": r.split,
-                             "reason": f"no {'/'.join(missing)} crop (attend failed)"})  # fmt: skip
-        else:
-            keep.append(r.id)
+    keep, x_all, missing = region_arrays(paths, list(labelled["id"]), regions, size, workers)
     m = labelled.set_index("id")
+    excluded = [{"id": i, "split": m.at[i, "split"], "reason": missing_reason(lack)}
+                for i, lack in missing.items()]  # fmt: skip
+    row_of = {i: k for k, i in enumerate(keep)}
     out = {}
     for split in ("train", "val", "test"):
         ids = [i for i in keep if m.at[i, "split"] == split]
-        if ids:
-            x = np.stack([np.stack([per_region[g][i] for g in regions]) for i in ids])
-        else:
-            x = np.zeros((0, len(regions), size, size), np.uint8)
+        x = x_all[[row_of[i] for i in ids]] if ids else x_all[:0]
         out[split] = TensorData(
             ids=ids,
-            x=torch.from_numpy(x),
+            x=torch.from_numpy(np.ascontiguousarray(x)),
             age=torch.tensor(m.loc[ids, "boneage_months"].to_numpy(np.float32)),
             sex=torch.from_numpy(sex_code(m.loc[ids, "sex"])),
         )
     return out, pd.DataFrame(excluded, columns=["id", "split", "reason"])
+
+
+def carpal_params(params: Params) -> Params:
+    """Params for the carpal-only head: region R1 alone, the aggregator's model and
+    training settings with params `carpal` (resolution, epochs)."""
+    a = params.aggregator
+    c = a.model_copy(update={
+        "regions": ("R1",), "img_size": params.carpal.img_size,
+        "train": a.train.model_copy(update={"epochs": params.carpal.epochs}),
+    })  # fmt: skip
+    return params.model_copy(update={"aggregator": c})
 
 
 def train_aggregator(

@@ -46,6 +46,7 @@ from boneage.store import ImageStore, StoreWriter
 from boneage.training import load_model, resolve_device, sex_code
 from boneage.views import iter_view_shards
 
+MONTAGE_MAX = 48  # overlays.png is written only up to this many overlays
 REGION_COLUMNS = [
     "id", "split", "stage", "status", "message", "x0", "y0", "x1", "y1",
     "crop_x0", "crop_y0", "crop_x1", "crop_y1", "orig_width", "orig_height",
@@ -210,13 +211,16 @@ def attend(
     reports_dir: Path,
     progress: bool = True,
     limit: int | None = None,
+    loaded: tuple | None = None,
 ) -> dict:
-    """Run CAM localization for one stage over every image; see the module docstring."""
+    """Run CAM localization for one stage over every image; see the module docstring.
+    `loaded`: the (model, meta) of model_dir already loaded on the attend device (scoring
+    reuses them across shards)."""
     check_stage(stage)
     acfg = params.attend
     scfg = acfg.stage(stage)
     device = resolve_device(acfg.device)
-    model, meta = load_model(model_dir, device)
+    model, meta = loaded if loaded is not None else load_model(model_dir, device)
     if meta.get("stage") != stage:
         raise ValueError(f"{model_dir} is the {meta.get('stage')!r} localizer, not {stage!r}")
     train_size, window = int(meta["img_size"]), meta["cam_window"]
@@ -306,7 +310,9 @@ def attend(
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (reports_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _montage(sorted(overlay_dir.glob("*.png")), reports_dir / "overlays.png")
+    overlays = sorted(overlay_dir.glob("*.png"))
+    if len(overlays) <= MONTAGE_MAX:  # a review sheet; hundreds of tiles help nobody
+        _montage(overlays, reports_dir / "overlays.png")
     return summary
 
 
@@ -433,7 +439,7 @@ def _overlay(x: np.ndarray, cam: np.ndarray, row: dict, to_view: Affine, view_to
     draw.rectangle(b, outline=(0, 255, 0), width=2)
     draw.text((3, 3), f"{row['id']} {row['status']} age~{row['pred_age_months']:.0f}m",
               fill=(255, 255, 0))  # fmt: skip
-    img.save(path)
+    img.save(path, compress_level=1)
 
 
 def _montage(paths: list[Path], out: Path, cols: int = 6) -> None:

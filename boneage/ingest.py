@@ -191,20 +191,36 @@ def ingest(
     Raises CohortError when the cohort as a whole cannot be read.
     """
     t0 = time.perf_counter()
-    out = Path(out)
     cohort: Cohort = discover(
         cohort_dir,
         labels,
         require_labels=cfg.require_labels,
         allow_unknown_sex=cfg.allow_unknown_sex,
     )
-    rejected: list[Rejected] = list(cohort.rejected)
+    return ingest_candidates(cohort.candidates, cohort.rejected, out, cfg,
+                             progress=progress, t0=t0)  # fmt: skip
+
+
+def ingest_candidates(
+    candidates: list[Candidate],
+    rejected_before: list[Rejected],
+    out: Path,
+    cfg: IngestConfig,
+    *,
+    progress: bool = True,
+    t0: float | None = None,
+) -> IngestResult:
+    """Ingest already discovered candidates (a whole cohort, or one scoring shard) into
+    OUT; `rejected_before` (discovery's rejections) go to the rejected list first."""
+    t0 = time.perf_counter() if t0 is None else t0
+    out = Path(out)
+    rejected: list[Rejected] = list(rejected_before)
     rows: list[dict] = []
     workers = cfg.workers or os.cpu_count() or 1
     out.mkdir(parents=True, exist_ok=True)
     with StoreWriter(out / "store", cfg.shard_size, cfg.store_long_side) as writer:
-        results = _iter_results(cohort.candidates, cfg, workers, progress)
-        for c, (rec, err) in zip(cohort.candidates, results, strict=True):
+        results = _iter_results(candidates, cfg, workers, progress)
+        for c, (rec, err) in zip(candidates, results, strict=True):
             if err is not None:
                 rejected.append(Rejected(err[0], err[1], c.id, c.source, c.label_row))
                 continue
