@@ -208,15 +208,23 @@ def train_aggregator(
     regions: Annotated[
         str | None, typer.Option(help="override params: regions joined by '+', e.g. H+R1+R2")
     ] = None,
+    carpal: Annotated[
+        bool, typer.Option(help="train the carpal-only head (R1; params carpal) instead")
+    ] = False,
     params: ParamsOpt = DEFAULT_PARAMS,
     track: Annotated[bool, typer.Option(help="log to MLflow")] = True,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
     """Train the aggregator (stacked regions + sex → age distribution)."""
+    from boneage.aggregator import carpal_params
     from boneage.aggregator import train_aggregator as run
     from boneage.tracking import Tracker
 
     p = _params(params)
+    if carpal:
+        if regions:
+            _fail("--carpal and --regions exclude each other (the carpal head is R1 alone)")
+        p = carpal_params(p)
     try:
         metrics = run(p, _stage_paths(ingest_dir, attend_root), out, Tracker(track), progress,
                       regions=tuple(regions.split("+")) if regions else None)  # fmt: skip
@@ -326,6 +334,102 @@ def check_regions(
     for name, r in result["acceptance"].items():
         obs = "n/a" if r["observed"] is None else f"{100 * r['observed']:.0f}%"
         typer.echo(f"  {name:<34} {obs:>5}  (goal >= {100 * r['goal']:.0f}%)")
+
+
+@app.command()
+def bundle(
+    models_root: Annotated[Path, typer.Option(help="dir holding the trained models")] = Path(
+        "data/models"
+    ),
+    out: Annotated[Path, typer.Option(help="bundle dir to write")] = Path("data/models/bundle"),
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """Package the three localizers, the aggregator and the carpal head + params into one
+    bundle directory (what `register` logs and `score --model PATH` loads)."""
+    from boneage.score import build_bundle
+
+    p = _params(params)
+    dirs = {f"localizer_{s}": models_root / f"localizer_{s}" for s in ("hand", "r1", "r2")}
+    dirs.update(aggregator=models_root / "aggregator", carpal=models_root / "carpal")
+    try:
+        b = build_bundle(p, dirs, out, p.registry.model_name)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"bundle {b.meta['name']} ({'+'.join(b.meta['regions'])}) -> {out}")
+
+
+@app.command()
+def register(
+    bundle_dir: Annotated[Path, typer.Option("--bundle", help="bundle dir")] = Path(
+        "data/models/bundle"
+    ),
+    report: Annotated[Path | None, typer.Option(help="write the registration JSON here")] = None,
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """Log the end-to-end predictor as an MLflow pyfunc and register a new version with
+    alias `challenger` (tags: git commit, DVC hashes, params hash)."""
+    from boneage.registry import register_bundle, write_json
+    from boneage.score import ScoreError
+
+    p = _params(params)
+    try:
+        info = register_bundle(bundle_dir, p)
+    except ScoreError as exc:
+        _fail(str(exc))
+    if report is not None:
+        write_json(info, report)
+    typer.echo(f"registered {info['model_uri']} (alias {info['alias']}, run {info['run_id']})")
+
+
+@app.command()
+def promote(
+    report: Annotated[Path | None, typer.Option(help="write the decision JSON here")] = None,
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """Score challenger and champion on the fixed evaluation set (params registry) and
+    move alias `champion` only if the challenger is better by the margin (or first)."""
+    from boneage.registry import promote as run
+    from boneage.registry import write_json
+
+    p = _params(params)
+    try:
+        r = run(p)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    if report is not None:
+        write_json(r, report)
+    champ = "none" if r["champion_mae"] is None else f"{r['champion_mae']:.2f}"
+    typer.echo(
+        f"{r['model_name']} v{r['challenger_version']}: MAE {r['challenger_mae']:.2f} vs champion "
+        f"{champ} on {r['eval_set']} -> {'PROMOTED' if r['promoted'] else 'not promoted'} "
+        f"({r['reason']})"
+    )
+
+
+@app.command()
+def score(
+    cohort: Annotated[Path, typer.Option(help="cohort dir (RSNA, generic CSV, DICOM or images)")],
+    out: Annotated[Path, typer.Option(help="output dir")],
+    model: Annotated[str, typer.Option(help="models:/ URI or a local bundle path")] = (
+        "models:/boneage@champion"
+    ),
+    labels: Annotated[Path | None, typer.Option(help="labels CSV (sex, ages)")] = None,
+    shard_size: Annotated[int | None, typer.Option(help="images per shard [params]")] = None,
+) -> None:
+    """Score a cohort: predictions.csv/.parquet, overlays/, report.html. Resumable: rerun
+    the same command after an interruption. Exit 1 only if no image could be scored."""
+    from boneage.score import ScoreError, score_cohort
+
+    try:
+        s = score_cohort(model, cohort, out, labels, shard_size, log=typer.echo)
+    except ScoreError as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"{s['n_ok']}/{s['n']} images scored ({s['n_error']} errors) with {s['model']} "
+        f"{s['model_version']} -> {out / 'predictions.csv'}, {out / 'report.html'}"
+    )
+    if s["n_ok"] == 0:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,5 @@
-"""Experiment tracking: the only library module that imports MLflow.
+"""Experiment tracking (MLflow is imported only here, in boneage.registry and in the
+pyfunc model file boneage/mlflow_model.py).
 
 Default backend: SQLite at ``mlflow/mlflow.db`` under the working directory (MLflow
 ≥ 3.13 refuses the ``./mlruns`` file store), artifacts under ``mlflow/artifacts``.

@@ -1,0 +1,549 @@
+"""Scoring new cohorts end to end: image → hand / R1 / R2 localization → crops →
+aggregator (+ the carpal-only head) → age distribution → clinical outputs.
+
+The predictor is a *bundle* directory (built by `build_bundle`, logged to the registry as
+an MLflow pyfunc by boneage.registry):
+
+    bundle.json                    format, name, training age range, reference, provenance
+    params.yaml                    the params the models were trained/attended with
+    localizer_{hand,r1,r2}/        model.pt + config.json
+    aggregator/ carpal/            model.pt + config.json
+
+Each shard of a cohort runs through the *same* functions as the training pipeline (ingest,
+attend ×3, the aggregator's region stacking) in a scratch directory, so scoring and
+training can never disagree on preprocessing. Shards are written with atomic renames;
+a rerun skips finished shards and yields exactly one row per input file. One bad image
+gives a row with status=error and the reason; the run goes on.
+
+Outputs (OUT): predictions.parquet / predictions.csv (one row per input, columns
+`PREDICTION_COLUMNS`), overlays/ID.png (hand CAM + hand/R1/R2 boxes), report.html
+(self-contained) and summary.json. No DICOM header value other than sex and the derived
+chronological age is read into any output.
+
+Sex unknown (folder cohorts without CSV or DICOM sex): the models get the midpoint sex
+code 0.5 (as in training for 'U'), `sex_used` is 'U', no SDS is computed (the reference is
+sex-specific) and the row is flagged `sex_unknown`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+from PIL import Image, ImageDraw
+
+from boneage.aggregator import missing_reason, region_arrays
+from boneage.attend import attend
+from boneage.cohort import Candidate, Rejected, discover, parse_sex
+from boneage.config import Params
+from boneage.ingest import ingest_candidates
+from boneage.ldl import distribution_quantiles, distribution_sd, expectation
+from boneage.localizer import STAGES, StagePaths, read_manifest
+from boneage.reference import REFERENCE_ID, bone_age_sds
+from boneage.review import COLOURS
+from boneage.store import ImageStore
+from boneage.training import TensorData, load_model, predict, resolve_device, sex_code
+
+BUNDLE_FORMAT = "boneage-bundle/1"
+# the params sections a bundle carries (what scoring and the models depend on); the DVC
+# `bundle` stage lists the same sections
+BUNDLE_PARAM_SECTIONS = ("ingest", "localizer", "attend", "aggregator", "carpal", "score",
+                         "registry")  # fmt: skip
+COMPONENTS = ("localizer_hand", "localizer_r1", "localizer_r2", "aggregator", "carpal")
+PREDICTION_COLUMNS = [
+    "id", "source", "status", "error", "sex_used", "sex_source",
+    "boneage_months", "boneage_years", "sd_months", "p05_months", "p95_months",
+    "carpal_boneage_months", "chronological_age_months", "chronological_age_source",
+    "ba_minus_ca_months", "sds", "sds_reference", "flags",
+    "hand_status", "r1_status", "r2_status", "reference_boneage_months",
+    "model_name", "model_version",
+]  # fmt: skip
+
+
+class ScoreError(RuntimeError):
+    """The model or the cohort cannot be opened: nothing was scored (exit code 2)."""
+
+
+# ----------------------------------------------------------------------------- bundle
+
+
+@dataclass(frozen=True)
+class Bundle:
+    root: Path
+    meta: dict
+    params: Params
+
+    def component(self, name: str) -> Path:
+        return self.root / name
+
+
+def build_bundle(params: Params, model_dirs: dict[str, Path], out: Path, name: str) -> Bundle:
+    """Copy the five trained models + params into a self-contained bundle directory."""
+    missing = [c for c in COMPONENTS if c not in model_dirs]
+    if missing:
+        raise ValueError(f"bundle needs models for {', '.join(missing)}")
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for c in COMPONENTS:
+        src = Path(model_dirs[c])
+        for f in ("model.pt", "config.json"):
+            if not (src / f).is_file():
+                raise FileNotFoundError(f"{src / f}: missing (train the {c} model first)")
+        (out / c).mkdir()
+        for f in ("model.pt", "config.json", "metrics.json"):
+            if (src / f).is_file():
+                shutil.copy2(src / f, out / c / f)
+    dumped = {k: v for k, v in params.model_dump(mode="json", by_alias=True).items()
+              if k in BUNDLE_PARAM_SECTIONS}  # fmt: skip
+    (out / "params.yaml").write_text(yaml.safe_dump(dumped, sort_keys=False))
+    agg = json.loads((out / "aggregator" / "config.json").read_text())
+    meta = {
+        "format": BUNDLE_FORMAT,
+        "name": name,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "regions": agg["regions"],
+        "train_age_range_months": agg["metrics"]["train_age_range"],
+        "sds_reference": REFERENCE_ID,
+        "params_sha256": params_hash(load_params_dict(dumped)),
+        "weights_sha256": {c: _sha256(out / c / "model.pt") for c in COMPONENTS},
+    }
+    (out / "bundle.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return load_bundle(out)
+
+
+def load_params_dict(d: dict) -> Params:
+    return Params.model_validate(d)
+
+
+def load_bundle(root: Path) -> Bundle:
+    from boneage.config import load_params
+
+    root = Path(root)
+    meta_f = root / "bundle.json"
+    if not meta_f.is_file():
+        raise ScoreError(f"{root}: not a boneage model bundle (no bundle.json)")
+    meta = json.loads(meta_f.read_text())
+    if meta.get("format") != BUNDLE_FORMAT:
+        raise ScoreError(f"{root}: bundle format {meta.get('format')!r}, expected {BUNDLE_FORMAT}")
+    for c in COMPONENTS:
+        if not (root / c / "model.pt").is_file():
+            raise ScoreError(f"{root / c}: model.pt missing from the bundle")
+    return Bundle(root, meta, load_params(root / "params.yaml"))
+
+
+def params_hash(params: Params) -> str:
+    blob = json.dumps(params.model_dump(mode="json", by_alias=True), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class OpenedModel:
+    bundle: Bundle
+    name: str
+    version: str
+    uri: str
+    _loaded: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def network(self, component: str, device: torch.device) -> tuple:
+        """(model, meta) of a bundle component, loaded once and reused for every shard."""
+        key = (component, str(device))
+        if key not in self._loaded:
+            self._loaded[key] = load_model(self.bundle.component(component), device)
+        return self._loaded[key]
+
+
+def open_model(ref: str | Path) -> OpenedModel:
+    """A local bundle dir, a local MLflow model dir holding a bundle, or any models:/ or
+    runs:/ URI (resolved through the registry; needs boneage.registry / MLflow)."""
+    ref_s = str(ref)
+    if "://" in ref_s or ref_s.startswith("models:/") or ref_s.startswith("runs:/"):
+        from boneage.registry import open_registered
+
+        return open_registered(ref_s)
+    path = Path(ref_s)
+    if not path.exists():
+        raise ScoreError(f"{path}: model not found (give a bundle dir or a models:/ URI)")
+    if (path / "bundle.json").is_file():
+        b = load_bundle(path)
+    else:
+        found = sorted(path.glob("**/bundle.json"))
+        if not found:
+            raise ScoreError(f"{path}: no boneage bundle inside (no bundle.json)")
+        b = load_bundle(found[0].parent)
+    weights = json.dumps(b.meta.get("weights_sha256"), sort_keys=True).encode()
+    version = "local-" + hashlib.sha256(weights).hexdigest()[:12]
+    return OpenedModel(b, str(b.meta.get("name", "boneage")), version, str(path.resolve()))
+
+
+# ----------------------------------------------------------------------------- one shard
+
+
+def _scoring_params(bundle: Bundle, stage: str = "hand") -> Params:
+    """The bundle's params with what scoring needs: no labels required, unknown sex
+    allowed, no PNG crop copies, a CAM overlay for every image from the hand stage only
+    (the one the scoring overlay shows) when overlays are on."""
+    p = bundle.params
+    ingest = p.ingest.model_copy(update={"require_labels": False, "allow_unknown_sex": True})
+    n_overlays = 10**9 if stage == "hand" and p.score.overlays else 0
+    att = p.attend.model_copy(update={"overlays_per_split": n_overlays, "png_store": False})
+    return p.model_copy(update={"ingest": ingest, "attend": att})
+
+
+def _distribution_outputs(
+    opened: OpenedModel, comp: str, paths: StagePaths, ids: list[str], sex: dict[str, str],
+    device: torch.device,
+) -> tuple[dict, dict]:  # fmt: skip
+    """({id: (mean, sd, p05, p95)} for ids having the model's regions, {id: missing})."""
+    model, meta = opened.network(comp, device)
+    keep, x, missing = region_arrays(paths, ids, tuple(meta["regions"]), int(meta["img_size"]))
+    out: dict[str, tuple[float, float, float, float]] = {}
+    if keep:
+        data = TensorData(keep, torch.from_numpy(x), torch.full((len(keep),), float("nan")),
+                          torch.from_numpy(sex_code([sex[i] for i in keep])))  # fmt: skip
+        p = predict(model, data, device)
+        mean, sd = expectation(p).numpy(), distribution_sd(p).numpy()
+        q = distribution_quantiles(p, [0.05, 0.95]).numpy()
+        out = {i: (float(mean[k]), float(sd[k]), float(q[k, 0]), float(q[k, 1]))
+               for k, i in enumerate(keep)}  # fmt: skip
+    return out, missing
+
+
+def score_candidates(
+    opened: OpenedModel,
+    candidates: list[Candidate],
+    work: Path,
+    overlays_dir: Path | None = None,
+    references: dict[str, float] | None = None,
+) -> pd.DataFrame:
+    """Score candidates (one shard) in the scratch dir `work`; one row per candidate."""
+    bundle = opened.bundle
+    params = _scoring_params(bundle)
+    scfg = params.score
+    work = Path(work)
+    if work.exists():
+        shutil.rmtree(work)
+    paths = StagePaths(ingest=work / "ingest", attend_root=work / "attend")
+    res = ingest_candidates(candidates, [], paths.ingest, params.ingest, progress=False)
+    manifest = read_manifest(paths.manifest)
+    rejected = res.rejected.set_index("id") if len(res.rejected) else pd.DataFrame()
+    regions: dict[str, pd.DataFrame] = {}
+    device = resolve_device(params.attend.device)
+    if len(manifest):
+        for stage in STAGES:
+            comp = f"localizer_{stage}"
+            attend(stage, _scoring_params(bundle, stage), paths, bundle.component(comp),
+                   paths.attend_dir(stage), work / "reports" / stage, progress=False,
+                   loaded=opened.network(comp, device))  # fmt: skip
+            regions[stage] = pd.read_parquet(paths.attend_dir(stage) / "regions.parquet")
+            regions[stage] = regions[stage].set_index("id")
+    m = manifest.set_index("id")
+    ids = list(manifest["id"])
+    sex = {i: str(m.at[i, "sex"]) for i in ids}
+    main, missing = ({}, {}) if not ids else _distribution_outputs(
+        opened, "aggregator", paths, ids, sex, device)  # fmt: skip
+    carpal, _ = ({}, {}) if not ids else _distribution_outputs(
+        opened, "carpal", paths, ids, sex, device)  # fmt: skip
+    lo, hi = bundle.meta["train_age_range_months"]
+    rows = []
+    for c in candidates:
+        row = dict.fromkeys(PREDICTION_COLUMNS)
+        row.update(id=c.id, source=c.source, model_name=opened.name,
+                   model_version=opened.version, sds_reference=REFERENCE_ID, flags="")  # fmt: skip
+        if references and c.id in references:
+            row["reference_boneage_months"] = references[c.id]
+        elif c.boneage_months is not None:
+            row["reference_boneage_months"] = c.boneage_months
+        if c.id not in m.index:
+            r = rejected.loc[c.id] if c.id in rejected.index else None
+            why = f"{r['reason']}: {r['detail']}" if r is not None else "not ingested"
+            row.update(status="error", error=why, flags="qc_reject",
+                       sex_used=c.sex, sex_source=c.sex_source)  # fmt: skip
+            rows.append(row)
+            continue
+        mr = m.loc[c.id]
+        flags = []
+        stage_status = {}
+        for stage in STAGES:
+            st = regions[stage].loc[c.id]
+            stage_status[stage] = st["status"]
+            row[f"{stage}_status"] = st["status"]
+            if st["status"] in ("fallback_prior", "cam_only"):
+                flags.append(f"localization_{st['status']}:{stage}")
+        sex_used = str(mr["sex"])
+        row.update(sex_used=sex_used, sex_source=str(mr["sex_source"]))
+        ca = mr["chronological_age_months"]
+        ca = None if pd.isna(ca) else float(ca)
+        row["chronological_age_months"] = ca
+        row["chronological_age_source"] = None if ca is None else str(mr["age_source"])
+        if sex_used not in ("M", "F"):
+            flags.append("sex_unknown")
+        if c.id not in main:
+            errs = [f"{s}: {regions[s].loc[c.id]['message']}" for s in STAGES
+                    if stage_status[s] == "error"]  # fmt: skip
+            why = missing_reason(missing.get(c.id, ["?"])) + (
+                " — " + "; ".join(errs) if errs else ""
+            )
+            row.update(status="error", error=why, flags=";".join(flags + ["qc_reject"]))
+            rows.append(row)
+            continue
+        mean, sd, p05, p95 = main[c.id]
+        row.update(status="ok", boneage_months=mean, boneage_years=mean / 12.0, sd_months=sd,
+                   p05_months=p05, p95_months=p95)  # fmt: skip
+        if c.id in carpal:
+            row["carpal_boneage_months"] = carpal[c.id][0]
+        if ca is not None:
+            row["ba_minus_ca_months"] = mean - ca
+            sds = bone_age_sds(mean, ca, sex_used)
+            row["sds"] = sds
+            if sds is not None and abs(sds) > scfg.sds_flag:
+                flags.append(f"abs_sds_gt_{scfg.sds_flag:g}")
+        if not lo <= mean <= hi or (ca is not None and not lo <= ca <= hi):
+            flags.append("outside_training_range")
+        if sd > scfg.low_confidence_sd_months:
+            flags.append("low_confidence")
+        row["flags"] = ";".join(flags)
+        if overlays_dir is not None and scfg.overlays:
+            _overlay(c.id, str(mr["split"]), paths, regions, work / "reports" / "hand",
+                     row, overlays_dir)  # fmt: skip
+        rows.append(row)
+    return _typed(pd.DataFrame(rows, columns=PREDICTION_COLUMNS))
+
+
+def _typed(df: pd.DataFrame) -> pd.DataFrame:
+    floats = ["boneage_months", "boneage_years", "sd_months", "p05_months", "p95_months",
+              "carpal_boneage_months", "chronological_age_months", "ba_minus_ca_months", "sds",
+              "reference_boneage_months"]  # fmt: skip
+    for col in PREDICTION_COLUMNS:
+        if col in floats:
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+        else:
+            df[col] = df[col].astype("string")
+    return df
+
+
+def _overlay(id_: str, split: str, paths: StagePaths, regions: dict[str, pd.DataFrame],
+             hand_reports: Path, row: dict, out_dir: Path, side: int = 384) -> None:  # fmt: skip
+    """overlays/ID.png: left the hand localizer's input with its CAM (red) and box; right
+    the stored image with the hand (green), R1 (red) and R2 (cyan) boxes."""
+    img = ImageStore(paths.store).get(id_).pixels
+    h, w = img.shape
+    rgb = Image.fromarray(img).convert("RGB")
+    draw = ImageDraw.Draw(rgb)
+    lw = max(2, round(max(h, w) / 250))
+    for stage in STAGES:
+        r = regions[stage].loc[id_]
+        if r["status"] == "error" or pd.isna(r["x0"]):
+            continue
+        sx, sy = w / float(r["orig_width"]), h / float(r["orig_height"])
+        draw.rectangle([r["x0"] * sx, r["y0"] * sy, r["x1"] * sx, r["y1"] * sy],
+                       outline=COLOURS[stage], width=lw)  # fmt: skip
+    f = side / max(h, w)
+    right = rgb.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.LANCZOS)
+    cam_f = hand_reports / "overlays" / f"{split}_{id_}.png"
+    left = Image.open(cam_f).convert("RGB").resize((side, side)) if cam_f.is_file() else None
+    sheet = Image.new("RGB", (2 * side, side + 22))
+    if left is not None:
+        sheet.paste(left, (0, 22))
+    sheet.paste(right, (side + (side - right.width) // 2, 22))
+    d = ImageDraw.Draw(sheet)
+    d.text((4, 4), f"{id_}  BA {row['boneage_months']:.1f} mo (SD {row['sd_months']:.1f})  "
+                   f"hand=green R1=red R2=cyan", fill=(255, 255, 0))  # fmt: skip
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".{id_}.png.tmp"
+    sheet.save(tmp, format="PNG", compress_level=1)
+    os.replace(tmp, out_dir / f"{id_}.png")
+
+
+# ----------------------------------------------------------------------------- a cohort
+
+
+def _rejected_rows(opened: OpenedModel, rejected: list[Rejected]) -> pd.DataFrame:
+    rows = []
+    for r in rejected:
+        row = dict.fromkeys(PREDICTION_COLUMNS)
+        row.update(id=r.id or r.source, source=r.source, status="error",
+                   error=f"{r.reason.value}: {r.detail}" + (f" (CSV row {r.row})" if r.row else ""),
+                   flags="qc_reject", model_name=opened.name, model_version=opened.version,
+                   sds_reference=REFERENCE_ID)  # fmt: skip
+        rows.append(row)
+    return _typed(pd.DataFrame(rows, columns=PREDICTION_COLUMNS))
+
+
+def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _atomic_text(text: str, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def score_cohort(
+    model: str | Path,
+    cohort_dir: Path,
+    out: Path,
+    labels: Path | None = None,
+    shard_size: int | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> dict:
+    """Score every file of a cohort into OUT (resumable; see the module docstring).
+
+    Raises ScoreError when the model or the cohort cannot be opened."""
+    from boneage.cohort import CohortError
+
+    t0 = time.perf_counter()
+    opened = model if isinstance(model, OpenedModel) else open_model(model)
+    scfg = opened.bundle.params.score
+    shard_size = shard_size or scfg.shard_size
+    try:
+        cohort = discover(Path(cohort_dir), labels, require_labels=False, allow_unknown_sex=True)
+    except CohortError as exc:
+        raise ScoreError(str(exc)) from exc
+    if not cohort.candidates and not cohort.rejected:
+        raise ScoreError(f"{cohort_dir}: no files to score")
+    out = Path(out)
+    shards_dir = out / "shards"
+    shards_dir.mkdir(parents=True, exist_ok=True)
+    cands = cohort.candidates
+    shards = [cands[i : i + shard_size] for i in range(0, len(cands), shard_size)]
+    plan = {
+        "model": opened.uri, "model_version": opened.version,
+        "cohort": str(Path(cohort_dir).resolve()),
+        "labels": str(Path(labels).resolve()) if labels else None,
+        "shards": [[c.id for c in s] for s in shards],
+        "rejected": [r.as_dict() for r in cohort.rejected],
+    }  # fmt: skip
+    plan_f = shards_dir / "plan.json"
+    if plan_f.is_file():
+        old = json.loads(plan_f.read_text())
+        if old != plan:
+            raise ScoreError(
+                f"{out}: holds a scoring run of a different cohort, model or shard size "
+                f"(see {plan_f}); use a new --out or delete it")  # fmt: skip
+    else:
+        _atomic_text(json.dumps(plan, indent=1) + "\n", plan_f)
+    rej_f = shards_dir / "rejected.parquet"
+    if not rej_f.is_file():
+        _atomic_parquet(_rejected_rows(opened, cohort.rejected), rej_f)
+    done = skipped = 0
+    for k, shard in enumerate(shards):
+        f = shards_dir / f"shard-{k:05d}.parquet"
+        if f.is_file():
+            skipped += 1
+            continue
+        work = out / ".work" / f"shard-{k:05d}"
+        df = score_candidates(opened, shard, work, out / "overlays")
+        _atomic_parquet(df, f)
+        shutil.rmtree(work, ignore_errors=True)
+        done += 1
+        log(f"shard {k + 1}/{len(shards)}: {int((df['status'] == 'ok').sum())}/{len(df)} ok")
+    shutil.rmtree(out / ".work", ignore_errors=True)
+    parts = [pd.read_parquet(shards_dir / f"shard-{k:05d}.parquet") for k in range(len(shards))]
+    preds = pd.concat(parts + [pd.read_parquet(rej_f)], ignore_index=True)
+    preds = _typed(preds[PREDICTION_COLUMNS])
+    _atomic_parquet(preds, out / "predictions.parquet")
+    _atomic_text(preds.to_csv(index=False, float_format="%.2f"), out / "predictions.csv")
+    summary = summarize(preds, opened)
+    summary.update(shards=len(shards), shards_scored_now=done, shards_reused=skipped,
+                   seconds=round(time.perf_counter() - t0, 1))  # fmt: skip
+    _atomic_text(json.dumps(summary, indent=2) + "\n", out / "summary.json")
+    from boneage.report import write_report
+
+    write_report(preds, summary, out, max_thumbnails=scfg.report_thumbnails)
+    return summary
+
+
+def summarize(preds: pd.DataFrame, opened: OpenedModel) -> dict:
+    ok = preds[preds["status"] == "ok"]
+    flags = [f for s in ok["flags"].fillna("") for f in s.split(";") if f]
+    out = {
+        "model": opened.name, "model_version": opened.version, "n": len(preds),
+        "n_ok": len(ok), "n_error": int((preds["status"] == "error").sum()),
+        "flags": {f: flags.count(f) for f in sorted(set(flags))},
+        "sds_reference": REFERENCE_ID,
+    }  # fmt: skip
+    ref = ok["reference_boneage_months"]
+    if ref.notna().any():
+        err = (ok["boneage_months"] - ref)[ref.notna()]
+        out["mae_vs_reference_months"] = float(err.abs().mean())
+        out["n_with_reference"] = int(ref.notna().sum())
+    return out
+
+
+# ----------------------------------------------------------------------------- a DataFrame
+
+_ID_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def candidates_from_frame(df: pd.DataFrame) -> list[Candidate]:
+    """Rows with `path` (required), optional `id`, `sex` (M/F/...), and
+    `chronological_age_months` → candidates (the pyfunc model's input)."""
+    if "path" not in df.columns:
+        raise ValueError(f"input needs a 'path' column; got {list(df.columns)}")
+    out = []
+    seen: set[str] = set()
+    for k, r in enumerate(df.to_dict("records")):
+        path = Path(str(r["path"])).expanduser().resolve()
+        id_ = str(r.get("id") or "") or _ID_SAFE.sub("_", path.stem)[:120] or f"row{k}"
+        if id_ in seen:
+            id_ = f"{id_}_{k}"
+        seen.add(id_)
+        sex_raw = r.get("sex")
+        sex = parse_sex(str(sex_raw)) if sex_raw is not None and not pd.isna(sex_raw) else None
+        ca = r.get("chronological_age_months")
+        ca = None if ca is None or pd.isna(ca) else float(ca)
+        out.append(Candidate(id_, path, path.name, sex, "csv" if sex else "missing", None, ca,
+                             k + 2))  # fmt: skip
+    return out
+
+
+def score_frame(opened: OpenedModel, df: pd.DataFrame, work: Path | None = None) -> pd.DataFrame:
+    """Score a DataFrame of image paths (see `candidates_from_frame`) in memory-bounded
+    shards; returns the prediction rows in input order."""
+    import tempfile
+
+    cands = candidates_from_frame(df)
+    size = opened.bundle.params.score.shard_size
+    with tempfile.TemporaryDirectory(prefix="boneage-score-") as tmp:
+        base = Path(work or tmp)
+        parts = [score_candidates(opened, cands[i : i + size], base / f"s{i}")
+                 for i in range(0, len(cands), size)]  # fmt: skip
+    if not parts:
+        return _typed(pd.DataFrame(columns=PREDICTION_COLUMNS))
+    return pd.concat(parts, ignore_index=True)
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                             text=True, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=cwd, capture_output=True, text=True).stdout.strip()  # fmt: skip
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
