@@ -11,9 +11,19 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install run test test-fast lint bench clean
+.PHONY: install chromium run test test-fast lint bench clean
 
-install: $(STAMP)
+install: $(STAMP) chromium
+
+# headless Chromium renders report.html in the tests (Debian package `chromium`)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	      echo "installing chromium (apt-get)"; \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null 2>&1 && \
+	        DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; \
+	    else echo "warning: chromium missing; install Debian 'chromium' for the report test"; fi; }
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,10 +45,17 @@ run: install
 	@echo "  data/reports/localization.json      demo boxes vs ground truth"
 	@echo "  data/models/aggregator/            aggregator (regions from params) + excluded.csv"
 	@echo "  data/reports/evaluate/             metrics.json, predictions.parquet, plots/ (dvc plots show)"
+	@echo "  data/models/carpal/                carpal-only head (R1) for score's carpal bone age"
+	@echo "  data/models/bundle/                end-to-end predictor (3 localizers + aggregator + carpal)"
+	@echo "  mlflow/mlflow.db                   MLflow runs + registry: models:/boneage@champion"
+	@echo "  data/reports/{register,promote}.json  registered version, promotion decision"
+	@echo "Score a cohort:  .venv/bin/boneage score --cohort DIR --out DIR   (see README)"
 	@python -m boneage.cli check-regions --truth data/raw/demo/boxes.csv --out data/reports/localization.json
 	@python -c "import json; m = json.load(open('data/reports/evaluate/metrics.json')); \
 	print(f\"aggregator {m['regions']} on {m['n']} test images: MAE {m['mae']:.1f} months \
 	(train-mean predictor {m['mae_predict_train_mean']:.1f}), {m['interval']:.0%} interval coverage {m['coverage']:.0%}\")"
+	@python -c "import json; r = json.load(open('data/reports/promote.json')); \
+	print(f\"registry: boneage v{r['challenger_version']} {'promoted to champion' if r['promoted'] else 'not promoted'} ({r['reason']})\")"
 
 test: install
 	pytest

@@ -1,7 +1,9 @@
 """`make run`'s pipeline, exactly as committed (params.yaml, dvc.yaml), from scratch in a
 temporary copy of the repo: demo → ingest → validate → hand/r1/r2 localizers and attend →
-aggregator → evaluate. Asserts the localization acceptance on the demo's test split (the
-demo knows the true boxes) and that evaluate's metrics and plots are in place.
+aggregator → evaluate → carpal head → bundle → register → promote. Asserts the
+localization acceptance on the demo's test split (the demo knows the true boxes), that
+evaluate's metrics and plots are in place, and that the run ends with a `champion` in the
+registry whose scoring of the fixed evaluation set reproduces evaluate's test MAE.
 
 Acceptance (issue "attention localization"): hand box IoU ≥ 0.5 on ≥ 90 % of test images;
 R1 box centre inside the true carpal region on ≥ 80 %; R2 box lying mostly on the true
@@ -62,6 +64,18 @@ def test_make_run_pipeline_meets_the_localization_acceptance(tmp_path):
     )
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert "pred_vs_true.csv" in shown.stdout and "bland_altman.png" in shown.stdout
+    # the run ends with a champion; scoring through the registered pyfunc reproduces
+    # evaluate's test MAE on the same images (same preprocessing end to end)
+    import mlflow
+
+    promo = json.loads((repo / "data/reports/promote.json").read_text())
+    assert promo["promoted"] and promo["challenger_version"] == "1"
+    assert promo["challenger_mae"] == pytest.approx(metrics["mae"], abs=1e-3)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    champ = client.get_model_version_by_alias("boneage", "champion")
+    assert str(champ.version) == "1" and champ.tags["promotion_decision"] == "promoted"
+    assert champ.tags["dvc.data/models/aggregator"].endswith(".dir")
     # nothing changed → nothing re-runs
     again = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
     assert again.returncode == 0 and "Running stage" not in again.stdout
