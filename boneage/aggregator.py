@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from boneage.config import AggregatorConfig, Params
+from boneage.distributed import is_main
 from boneage.localizer import StagePaths, read_manifest
 from boneage.models import AgeNet
 from boneage.tracking import Tracker
@@ -169,6 +170,8 @@ def train_aggregator(
             "train_mean_age": float(train.age.mean()),
             "train_age_range": [float(train.age.min()), float(train.age.max())],
         }
+        if not is_main():  # DDP: rank 0 writes the checkpoint and the files
+            return metrics
         out_dir.mkdir(parents=True, exist_ok=True)
         save_model(model, out_dir, {
             "kind": "aggregator", "regions": list(acfg.regions), "img_size": acfg.img_size,

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from boneage.config import DEFAULT_PARAMS, ConfigError, load_params
+from boneage.distributed import is_main
 
 app = typer.Typer(
     add_completion=False,
@@ -159,7 +160,7 @@ def train_localizer(
         )
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
-    if metrics_out is not None:
+    if metrics_out is not None and is_main():  # under torchrun: rank 0 only
         metrics_out.parent.mkdir(parents=True, exist_ok=True)
         metrics_out.write_text(json.dumps(metrics, indent=2) + "\n")
     typer.echo(
@@ -230,7 +231,7 @@ def train_aggregator(
                       regions=tuple(regions.split("+")) if regions else None)  # fmt: skip
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
-    if metrics_out is not None:
+    if metrics_out is not None and is_main():  # under torchrun: rank 0 only
         metrics_out.parent.mkdir(parents=True, exist_ok=True)
         metrics_out.write_text(json.dumps(metrics, indent=2) + "\n")
     typer.echo(

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from boneage.config import Params
+from boneage.distributed import is_main
 from boneage.models import AgeNet
 from boneage.tracking import Tracker
 from boneage.training import (
@@ -141,6 +142,8 @@ def train_localizer(
             hide=(scfg.hide_grid, scfg.hide_p),
         )  # fmt: skip
         metrics = {"stage": stage, **fit_metrics(result, train, val)}
+        if not is_main():  # DDP: rank 0 writes the checkpoint and the files
+            return metrics
         out_dir.mkdir(parents=True, exist_ok=True)
         save_model(model, out_dir, {
             "kind": "localizer", "stage": stage, "img_size": scfg.img_size,

@@ -45,7 +45,9 @@ class Tracker:
     (tests, non-zero DDP ranks, `--no-track`)."""
 
     def __init__(self, enabled: bool = True, uri: str | None = None):
-        self.enabled = enabled
+        from boneage.distributed import is_main
+
+        self.enabled = enabled and is_main()  # under torchrun only rank 0 logs
         self.uri = uri or default_tracking_uri()
         self.run_id: str | None = None
         self._mlflow = None

@@ -8,6 +8,7 @@ stopping on validation MAE; best checkpoint + config JSON written to the model d
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from boneage import distributed
 from boneage.augment import augment, hide_patches
 from boneage.config import AugmentConfig, ModelConfig, TrainConfig
 from boneage.ldl import expectation, ldl_loss
@@ -57,7 +59,9 @@ class FitResult:
     epochs_run: int
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
-    train_images_per_second: float = 0.0
+    train_images_per_second: float = 0.0  # this process's (one rank's) throughput
+    samples_seen: int = 0  # by this rank, all epochs
+    last_epoch_indices: list[int] = field(default_factory=list)  # this rank's, last epoch
 
 
 def resolve_device(name: str) -> torch.device:
@@ -128,14 +132,27 @@ def fit(
     seed_everything(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    device = distributed.setup(resolve_device(cfg.device))
+    rank, world = distributed.rank(), distributed.world_size()
+    progress = progress and rank == 0
     model.to(device)
     if cfg.channels_last and device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    step_model = torch.compile(model) if cfg.compile and device.type == "cuda" else model
+    step_model = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)  # fmt: skip
+    if cfg.compile and device.type == "cuda":
+        step_model = torch.compile(step_model)
     gen = torch.Generator().manual_seed(cfg.seed)
+    # single process: one generator for order and augmentation (bitwise as before); DDP:
+    # the order from the shared seed, augmentation per rank
+    aug_gen = gen if world == 1 else torch.Generator().manual_seed(cfg.seed + 1 + rank)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(train) / cfg.batch_size))
+    n_mine = len(range(rank, len(train), world))  # this rank's share of every epoch
+    steps_per_epoch = max(1, math.ceil(n_mine / cfg.batch_size))
     total = steps_per_epoch * cfg.epochs
     warm = max(1, int(total * cfg.warmup_frac))
 
@@ -153,44 +170,55 @@ def fit(
     t_start = time.perf_counter()
     seen = 0
     train_time = 0.0
+    last_epoch_indices: list[int] = []
     for epoch in range(cfg.epochs):
         model.train()
-        perm = torch.randperm(len(train), generator=gen)
+        perm = torch.randperm(len(train), generator=gen)[rank::world]
+        last_epoch_indices = perm.tolist()
         sums = {"loss": 0.0, "mae": 0.0, "kl": 0.0}
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress, file=sys.stderr, leave=False)  # fmt: skip
         t0 = time.perf_counter()
-        for s in bar:
-            idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-            xb = _to_device(x_host[idx], device, cfg.channels_last)
-            yb = train.age[idx].to(device)
-            sb = train.sex[idx].to(device)
-            if aug is not None:
-                xb = augment(xb, aug, gen)
-            xb = hide_patches(xb, hide[0], hide[1], gen)
-            with _autocast(device, cfg.amp):
-                logits = step_model(xb, sb)
-            loss, parts = ldl_loss(logits.float(), yb, cfg.sigma, cfg.lam)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            n = len(idx)
-            seen += n
-            sums["loss"] += float(loss.detach()) * n
-            sums["mae"] += float(parts["mae"]) * n
-            sums["kl"] += float(parts["kl"]) * n
-            bar.set_postfix(loss=f"{float(loss.detach()):.2f}")
+        with step_model.join() if world > 1 else contextlib.nullcontext():
+            for s in bar:
+                idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+                if len(idx) == 0:
+                    break
+                xb = _to_device(x_host[idx], device, cfg.channels_last)
+                yb = train.age[idx].to(device)
+                sb = train.sex[idx].to(device)
+                if aug is not None:
+                    xb = augment(xb, aug, aug_gen)
+                xb = hide_patches(xb, hide[0], hide[1], aug_gen)
+                with _autocast(device, cfg.amp):
+                    logits = step_model(xb, sb)
+                loss, parts = ldl_loss(logits.float(), yb, cfg.sigma, cfg.lam)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                n = len(idx)
+                seen += n
+                sums["loss"] += float(loss.detach()) * n
+                sums["mae"] += float(parts["mae"]) * n
+                sums["kl"] += float(parts["kl"]) * n
+                bar.set_postfix(loss=f"{float(loss.detach()):.2f}")
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_time += time.perf_counter() - t0
-        p_val = predict(model, val, device, cfg.eval_batch_size, cfg.amp, cfg.channels_last)
-        val_mae = mae(p_val, val.age)
+        val_mine = _shard(val, rank, world)
+        p_val = predict(model, val_mine, device, cfg.eval_batch_size, cfg.amp, cfg.channels_last)
+        err = float((expectation(p_val) - val_mine.age).abs().sum()) if len(val_mine) else 0.0
+        tot = distributed.all_sum([err, len(val_mine), sums["loss"], sums["mae"], sums["kl"]],
+                                  device)  # fmt: skip
+        val_mae = tot[0] / tot[1] if tot[1] else math.nan
+        if world == 1:
+            val_mae = mae(p_val, val.age)  # bitwise as before for single-process runs
         row = {
             "epoch": epoch + 1,
-            "train_loss": sums["loss"] / len(train),
-            "train_mae": sums["mae"] / len(train),
-            "train_kl": sums["kl"] / len(train),
+            "train_loss": tot[2] / len(train),
+            "train_mae": tot[3] / len(train),
+            "train_kl": tot[4] / len(train),
             "val_mae": val_mae,
             "lr": sched.get_last_lr()[0],
             "seconds": time.perf_counter() - t_start,
@@ -198,7 +226,7 @@ def fit(
         history.append(row)
         if tracker is not None:
             tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
-        if on_epoch is not None:
+        if on_epoch is not None and rank == 0:
             on_epoch(row)
         if progress:
             print(f"epoch {epoch + 1}: train_mae {row['train_mae']:.2f}  val_mae {val_mae:.2f}",
@@ -218,7 +246,17 @@ def fit(
         history=history,
         seconds=time.perf_counter() - t_start,
         train_images_per_second=seen / train_time if train_time else 0.0,
+        samples_seen=seen,
+        last_epoch_indices=last_epoch_indices,
     )
+
+
+def _shard(data: TensorData, rank: int, world: int) -> TensorData:
+    if world == 1:
+        return data
+    idx = torch.arange(rank, len(data), world)
+    return TensorData([data.ids[i] for i in idx.tolist()], data.x[idx], data.age[idx],
+                      data.sex[idx])  # fmt: skip
 
 
 def fit_metrics(result: FitResult, train: TensorData, val: TensorData) -> dict[str, Any]:
