@@ -284,6 +284,16 @@ class RegistryConfig(Strict):
     eval_split: str = Field("test", pattern="^(train|val|test|all)$")
 
 
+class OrchestrationConfig(Strict):
+    """Prefect deployments (flows/deployments.py)."""
+
+    retrain_cron: str = "0 3 * * 1"  # every Monday 03:00
+    timezone: str = "UTC"
+    retrain_workdir: str = "data/retrain"
+    retrain_cohort: str | None = None  # None = the synthetic demo cohort
+    retrain_labels: str | None = None
+
+
 class Params(Strict):
     """All of params.yaml. Sections are optional; missing ones take their defaults."""
 
@@ -299,6 +309,7 @@ class Params(Strict):
     carpal: CarpalConfig = CarpalConfig()
     score: ScoreConfig = ScoreConfig()
     registry: RegistryConfig = RegistryConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -12,6 +12,7 @@ import json
 import multiprocessing as mp
 import os
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -110,7 +111,12 @@ def _work(args: tuple[Path, IngestConfig]) -> tuple[dict | None, tuple[Reason, s
 
 
 def _pool_context() -> mp.context.BaseContext:
+    """fork (fast) in a single-threaded process; forkserver when other threads exist
+    (Prefect/Ray workers, thread pools): forking a multi-threaded process can deadlock on
+    a lock another thread held at the fork."""
     methods = mp.get_all_start_methods()
+    if threading.active_count() > 1 and "forkserver" in methods:
+        return mp.get_context("forkserver")
     return mp.get_context("fork" if "fork" in methods else "spawn")
 
 

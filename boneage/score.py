@@ -202,10 +202,14 @@ def open_model(ref: str | Path) -> OpenedModel:
 
 def _scoring_params(bundle: Bundle, stage: str = "hand") -> Params:
     """The bundle's params with what scoring needs: no labels required, unknown sex
-    allowed, no PNG crop copies, a CAM overlay for every image from the hand stage only
+    allowed, decoding in-process (no fork pool: scoring runs inside Ray workers and thread
+    pools, where forking a multi-threaded process can deadlock; the parallelism is across
+    shards), no PNG crop copies, a CAM overlay for every image from the hand stage only
     (the one the scoring overlay shows) when overlays are on."""
     p = bundle.params
-    ingest = p.ingest.model_copy(update={"require_labels": False, "allow_unknown_sex": True})
+    ingest = p.ingest.model_copy(
+        update={"require_labels": False, "allow_unknown_sex": True, "workers": 1}
+    )
     n_overlays = 10**9 if stage == "hand" and p.score.overlays else 0
     att = p.attend.model_copy(update={"overlays_per_split": n_overlays, "png_store": False})
     return p.model_copy(update={"ingest": ingest, "attend": att})
@@ -403,23 +407,35 @@ def _atomic_text(text: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def score_cohort(
-    model: str | Path,
+def _cand_dict(c: Candidate) -> dict:
+    return {
+        "id": c.id, "path": str(c.path), "source": c.source, "sex": c.sex,
+        "sex_source": c.sex_source, "boneage_months": c.boneage_months,
+        "chronological_age_months": c.chronological_age_months, "label_row": c.label_row,
+    }  # fmt: skip
+
+
+def _cand(d: dict) -> Candidate:
+    return Candidate(
+        d["id"], Path(d["path"]), d["source"], d["sex"], d["sex_source"],
+        d["boneage_months"], d["chronological_age_months"], d["label_row"],
+    )  # fmt: skip
+
+
+def plan_scoring(
+    opened: OpenedModel,
     cohort_dir: Path,
     out: Path,
     labels: Path | None = None,
     shard_size: int | None = None,
-    log: Callable[[str], None] = lambda s: None,
 ) -> dict:
-    """Score every file of a cohort into OUT (resumable; see the module docstring).
-
-    Raises ScoreError when the model or the cohort cannot be opened."""
+    """Discover the cohort, cut it into shards and write OUT/shards/plan.json (the
+    self-contained list of every shard's inputs) and the rows of the files rejected at
+    discovery. A rerun into the same OUT must find the same plan; another cohort, model or
+    shard size is refused. Returns the plan."""
     from boneage.cohort import CohortError
 
-    t0 = time.perf_counter()
-    opened = model if isinstance(model, OpenedModel) else open_model(model)
-    scfg = opened.bundle.params.score
-    shard_size = shard_size or scfg.shard_size
+    shard_size = shard_size or opened.bundle.params.score.shard_size
     try:
         cohort = discover(Path(cohort_dir), labels, require_labels=False, allow_unknown_sex=True)
     except CohortError as exc:
@@ -430,18 +446,17 @@ def score_cohort(
     shards_dir = out / "shards"
     shards_dir.mkdir(parents=True, exist_ok=True)
     cands = cohort.candidates
-    shards = [cands[i : i + shard_size] for i in range(0, len(cands), shard_size)]
     plan = {
         "model": opened.uri, "model_version": opened.version,
         "cohort": str(Path(cohort_dir).resolve()),
         "labels": str(Path(labels).resolve()) if labels else None,
-        "shards": [[c.id for c in s] for s in shards],
+        "shards": [[_cand_dict(c) for c in cands[i : i + shard_size]]
+                   for i in range(0, len(cands), shard_size)],
         "rejected": [r.as_dict() for r in cohort.rejected],
     }  # fmt: skip
     plan_f = shards_dir / "plan.json"
     if plan_f.is_file():
-        old = json.loads(plan_f.read_text())
-        if old != plan:
+        if json.loads(plan_f.read_text()) != plan:
             raise ScoreError(
                 f"{out}: holds a scoring run of a different cohort, model or shard size "
                 f"(see {plan_f}); use a new --out or delete it")  # fmt: skip
@@ -450,32 +465,89 @@ def score_cohort(
     rej_f = shards_dir / "rejected.parquet"
     if not rej_f.is_file():
         _atomic_parquet(_rejected_rows(opened, cohort.rejected), rej_f)
-    done = skipped = 0
-    for k, shard in enumerate(shards):
-        f = shards_dir / f"shard-{k:05d}.parquet"
-        if f.is_file():
-            skipped += 1
-            continue
-        work = out / ".work" / f"shard-{k:05d}"
-        df = score_candidates(opened, shard, work, out / "overlays")
-        _atomic_parquet(df, f)
-        shutil.rmtree(work, ignore_errors=True)
-        done += 1
-        log(f"shard {k + 1}/{len(shards)}: {int((df['status'] == 'ok').sum())}/{len(df)} ok")
+    return plan
+
+
+def read_plan(out: Path) -> dict:
+    f = Path(out) / "shards" / "plan.json"
+    if not f.is_file():
+        raise ScoreError(f"{f}: no scoring plan (plan_scoring first)")
+    return json.loads(f.read_text())
+
+
+def score_shard(opened: OpenedModel, out: Path, k: int) -> dict:
+    """Score shard k of OUT's plan unless its file exists (atomic rename when done)."""
+    out = Path(out)
+    plan = read_plan(out)
+    f = out / "shards" / f"shard-{k:05d}.parquet"
+    if f.is_file():
+        return {"shard": k, "skipped": True}
+    started = time.time()
+    work = out / ".work" / f"shard-{k:05d}"
+    df = score_candidates(opened, [_cand(d) for d in plan["shards"][k]], work, out / "overlays")
+    _atomic_parquet(df, f)
+    shutil.rmtree(work, ignore_errors=True)
+    return {"shard": k, "skipped": False, "n": len(df), "n_ok": int((df["status"] == "ok").sum()),
+            "started": started, "finished": time.time()}  # fmt: skip
+
+
+def finish_scoring(opened: OpenedModel, out: Path, shard_results: list[dict],
+                   seconds: float | None = None) -> dict:  # fmt: skip
+    """Assemble every shard (in plan order) + the rejected rows into predictions.parquet /
+    .csv, summary.json and report.html."""
+    out = Path(out)
+    plan = read_plan(out)
+    n = len(plan["shards"])
+    missing = [k for k in range(n) if not (out / "shards" / f"shard-{k:05d}.parquet").is_file()]
+    if missing:
+        raise ScoreError(f"{out}: shards {missing} not scored yet")
     shutil.rmtree(out / ".work", ignore_errors=True)
-    parts = [pd.read_parquet(shards_dir / f"shard-{k:05d}.parquet") for k in range(len(shards))]
-    preds = pd.concat(parts + [pd.read_parquet(rej_f)], ignore_index=True)
+    parts = [pd.read_parquet(out / "shards" / f"shard-{k:05d}.parquet") for k in range(n)]
+    preds = pd.concat(parts + [pd.read_parquet(out / "shards" / "rejected.parquet")],
+                      ignore_index=True)  # fmt: skip
     preds = _typed(preds[PREDICTION_COLUMNS])
     _atomic_parquet(preds, out / "predictions.parquet")
     _atomic_text(preds.to_csv(index=False, float_format="%.2f"), out / "predictions.csv")
     summary = summarize(preds, opened)
-    summary.update(shards=len(shards), shards_scored_now=done, shards_reused=skipped,
-                   seconds=round(time.perf_counter() - t0, 1))  # fmt: skip
+    summary.update(shards=n, shards_scored_now=sum(not r.get("skipped") for r in shard_results),
+                   shards_reused=sum(bool(r.get("skipped")) for r in shard_results))  # fmt: skip
+    timed = [r for r in shard_results if "started" in r]
+    if timed:  # the shards scored now: from the first start to the last end (any workers)
+        t0, t1 = min(r["started"] for r in timed), max(r["finished"] for r in timed)
+        rate = sum(r["n"] for r in timed) / max(t1 - t0, 1e-9)
+        summary.update(first_shard_started=t0, last_shard_finished=t1,
+                       images_per_second=round(rate, 3))  # fmt: skip
+    if seconds is not None:
+        summary["seconds"] = round(seconds, 1)
     _atomic_text(json.dumps(summary, indent=2) + "\n", out / "summary.json")
     from boneage.report import write_report
 
-    write_report(preds, summary, out, max_thumbnails=scfg.report_thumbnails)
+    write_report(preds, summary, out, max_thumbnails=opened.bundle.params.score.report_thumbnails)
     return summary
+
+
+def score_cohort(
+    model: str | Path | OpenedModel,
+    cohort_dir: Path,
+    out: Path,
+    labels: Path | None = None,
+    shard_size: int | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> dict:
+    """Score every file of a cohort into OUT (resumable; see the module docstring):
+    plan_scoring → score_shard for each shard → finish_scoring (flows/score_cohort.py maps
+    the same three steps over workers). Raises ScoreError when the model or the cohort
+    cannot be opened."""
+    t0 = time.perf_counter()
+    opened = model if isinstance(model, OpenedModel) else open_model(model)
+    plan = plan_scoring(opened, cohort_dir, out, labels, shard_size)
+    results = []
+    for k in range(len(plan["shards"])):
+        r = score_shard(opened, out, k)
+        results.append(r)
+        if not r["skipped"]:
+            log(f"shard {k + 1}/{len(plan['shards'])}: {r['n_ok']}/{r['n']} ok")
+    return finish_scoring(opened, out, results, time.perf_counter() - t0)
 
 
 def summarize(preds: pd.DataFrame, opened: OpenedModel) -> dict:

@@ -43,3 +43,22 @@ def rsna299(data_dir: Path) -> Path:
 def rsna_fullres(data_dir: Path) -> Path:
     """../shared/data/rsna-bone-age-fullres (labels.csv + {id}.png at full resolution)."""
     return _need(data_dir / "rsna-bone-age-fullres", "RSNA full-resolution images")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """A temporary Prefect API (prefect_test_harness) with its own PREFECT_HOME."""
+    home = tmp_path_factory.mktemp("prefect_home")
+    keys = ("PREFECT_HOME", "PREFECT_SERVER_ANALYTICS_ENABLED")
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

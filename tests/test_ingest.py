@@ -328,3 +328,33 @@ def test_png_encoder_roundtrips_through_pillow():
             np.testing.assert_array_equal(np.asarray(img), px)
     with pytest.raises(ValueError):
         encode_png(np.zeros((4, 4), np.uint16))
+
+
+def test_ingest_with_a_process_pool_from_a_worker_thread(tmp_path):
+    """Inside Prefect/Ray workers ingest runs in a multi-threaded process: its pool then
+    uses forkserver (forking such a process can deadlock) and gives the same result."""
+    import threading
+
+    from boneage import ingest as ingest_mod
+
+    d = tmp_path / "c"
+    for i in range(6):
+        save(d / f"t{i}.png", textured(seed=i))
+    cfg = CFG.model_copy(update={"workers": 2, "require_labels": False,
+                                 "allow_unknown_sex": True})  # fmt: skip
+    seen: dict = {}
+
+    def work():
+        seen["context"] = ingest_mod._pool_context().get_start_method()
+        seen["result"] = ingest(d, None, tmp_path / "out", cfg, progress=False)
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join(120)
+    assert not t.is_alive(), "ingest hung in a worker thread"
+    assert seen["context"] == "forkserver"
+    assert len(seen["result"].manifest) == 6
+    ref = ingest(d, None, tmp_path / "ref", cfg.model_copy(update={"workers": 1}), progress=False)
+    a = seen["result"].manifest.drop(columns=["shard"]).sort_values("id").reset_index(drop=True)
+    b = ref.manifest.drop(columns=["shard"]).sort_values("id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
