@@ -45,6 +45,16 @@ def _png_uri(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _identity_scatter(x, y, lim: float, xlabel: str, ylabel: str) -> str:
+    """Scatter with the y = x line from 0 to lim, as a data: URI."""
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.scatter(x, y, s=12)
+    ax.plot([0, lim], [0, lim], "k--", lw=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return _png_uri(fig)
+
+
 def _plots(ok: pd.DataFrame) -> list[tuple[str, str]]:
     out = []
     if len(ok):
@@ -55,21 +65,15 @@ def _plots(ok: pd.DataFrame) -> list[tuple[str, str]]:
         out.append(("Predicted bone age", _png_uri(fig)))
     ca = ok[ok["chronological_age_months"].notna()]
     if len(ca):
-        fig, ax = plt.subplots(figsize=(4.5, 3.2))
-        ax.scatter(ca["chronological_age_months"] / 12, ca["boneage_years"], s=12)
-        lim = [0, max(20.0, float(ca["boneage_years"].max()) + 1)]
-        ax.plot(lim, lim, "k--", lw=1)
-        ax.set_xlabel("chronological age (years)")
-        ax.set_ylabel("predicted bone age (years)")
-        out.append(("Bone age vs chronological age", _png_uri(fig)))
+        lim = max(20.0, float(ca["boneage_years"].max()) + 1)
+        out.append(("Bone age vs chronological age", _identity_scatter(
+            ca["chronological_age_months"] / 12, ca["boneage_years"], lim,
+            "chronological age (years)", "predicted bone age (years)")))  # fmt: skip
     ref = ok[ok["reference_boneage_months"].notna()]
     if len(ref):
-        fig, ax = plt.subplots(figsize=(4.5, 3.2))
-        ax.scatter(ref["reference_boneage_months"], ref["boneage_months"], s=12)
-        ax.plot([0, 240], [0, 240], "k--", lw=1)
-        ax.set_xlabel("reference bone age (months)")
-        ax.set_ylabel("predicted (months)")
-        out.append(("Predicted vs reference bone age", _png_uri(fig)))
+        out.append(("Predicted vs reference bone age", _identity_scatter(
+            ref["reference_boneage_months"], ref["boneage_months"], 240.0,
+            "reference bone age (months)", "predicted (months)")))  # fmt: skip
     return out
 
 

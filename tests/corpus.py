@@ -38,3 +38,20 @@ def png_bomb(path: Path, width: int = 60_000, height: int = 60_000) -> Path:
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
     )
     return path
+
+
+def bar_task(n: int, seed: int):
+    """A learnable toy age task for training tests: the row of a bright bar encodes the
+    age. Returns a boneage.training.TensorData of n 32x32 images."""
+    import torch
+
+    from boneage.training import TensorData
+
+    rng = np.random.default_rng(seed)
+    age = rng.uniform(0, 239, n).astype(np.float32)
+    x = np.zeros((n, 1, 32, 32), np.uint8)
+    for i, a in enumerate(age):
+        r = int(a / 240 * 28)
+        x[i, 0, r : r + 4, 4:28] = 255
+    return TensorData([f"i{i}" for i in range(n)], torch.from_numpy(x), torch.from_numpy(age),
+                      torch.ones(n))  # fmt: skip

@@ -8,7 +8,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -16,24 +15,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from boneage.config import AugmentConfig, ModelConfig, TrainConfig  # noqa: E402
 from boneage.models import AgeNet  # noqa: E402
 from boneage.tracking import Tracker  # noqa: E402
-from boneage.training import TensorData, fit  # noqa: E402
-
-
-def data(n: int, seed: int) -> TensorData:
-    rng = np.random.default_rng(seed)
-    age = rng.uniform(0, 239, n).astype(np.float32)
-    x = np.zeros((n, 1, 32, 32), np.uint8)
-    for i, a in enumerate(age):
-        r = int(a / 240 * 28)
-        x[i, 0, r : r + 4, 4:28] = 255
-    return TensorData([f"i{i}" for i in range(n)], torch.from_numpy(x), torch.from_numpy(age),
-                      torch.ones(n))  # fmt: skip
+from boneage.training import fit  # noqa: E402
+from tests.corpus import bar_task  # noqa: E402
 
 
 def main() -> None:
     out, uri = Path(sys.argv[1]), sys.argv[2]
     torch.set_num_threads(1)
-    train, val = data(37, 0), data(11, 1)  # odd sizes: uneven shards across 2 ranks
+    train, val = bar_task(37, 0), bar_task(11, 1)  # odd sizes: uneven shards across 2 ranks
     model = AgeNet(ModelConfig(backbone="resnet18", pretrained="none", k=240))
     cfg = TrainConfig(epochs=2, batch_size=8, lr=3e-3, patience=5, device="cpu")
     tracker = Tracker(uri=uri)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -10,20 +9,13 @@ from boneage.config import AugmentConfig, ModelConfig, TrainConfig
 from boneage.models import AgeNet
 from boneage.tracking import Tracker
 from boneage.training import TensorData, fit, load_model, predict, save_model
+from tests.corpus import bar_task
 
 MCFG = ModelConfig(backbone="resnet18", pretrained="none", output_stride=32, k=240)
 
 
 def _data(n: int, seed: int) -> TensorData:
-    """A learnable toy task: the row of a bright bar encodes the age."""
-    rng = np.random.default_rng(seed)
-    age = rng.uniform(0, 239, n).astype(np.float32)
-    x = np.zeros((n, 1, 32, 32), np.uint8)
-    for i, a in enumerate(age):
-        r = int(a / 240 * 28)
-        x[i, 0, r : r + 4, 4:28] = 255
-    return TensorData([f"i{i}" for i in range(n)], torch.from_numpy(x), torch.from_numpy(age),
-                      torch.ones(n))  # fmt: skip
+    return bar_task(n, seed)
 
 
 def test_forward_shapes_and_sex_input():
