@@ -46,8 +46,8 @@ def test_aggregator_on_real_rsna_subset_beats_the_mean_by_30_percent(tmp_path, r
             },
             "aggregator": {
                 "regions": ["H", "R1", "R2"],
-                "img_size": 128,
-                "train": {"epochs": 8, "patience": 8, "batch_size": 32},
+                "img_size": 112,
+                "train": {"epochs": 6, "patience": 6, "batch_size": 32},
             },
         },
     )
