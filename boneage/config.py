@@ -112,6 +112,9 @@ class TrainConfig(Strict):
     channels_last: bool = True  # on CUDA
     compile: bool = False  # torch.compile the model (CUDA)
     threads: int = Field(0, ge=0)  # torch CPU threads, 0 = library default
+    # CUDA: keep the whole uint8 training set on the GPU when it takes at most this share
+    # of free GPU memory (batches are then indexed there: no host→device copy per step)
+    data_on_device_max_frac: float = Field(0.25, ge=0, le=1)
 
 
 class AugmentConfig(Strict):

@@ -117,6 +117,21 @@ def mae(p: torch.Tensor, age: torch.Tensor) -> float:
     return float((expectation(p) - age).abs().mean()) if len(age) else math.nan
 
 
+def train_step(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor,
+    sb: torch.Tensor, cfg: TrainConfig, device: torch.device,
+) -> tuple[torch.Tensor, dict]:  # fmt: skip
+    """One optimizer step on a batch already on the device: forward (bf16 autocast on
+    CUDA), label-distribution loss, backward, step. Returns (loss, its parts)."""
+    with _autocast(device, cfg.amp):
+        logits = model(xb, sb)
+    loss, parts = ldl_loss(logits.float(), yb, cfg.sigma, cfg.lam)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss, parts
+
+
 def fit(
     model: AgeNet,
     train: TensorData,
@@ -162,8 +177,7 @@ def fit(
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    pin = device.type == "cuda"
-    x_host = train.x.pin_memory() if pin else train.x
+    x_src = _training_images(train.x, device, cfg.data_on_device_max_frac)
     best, best_epoch, bad = math.inf, -1, 0
     best_state = copy.deepcopy(model.state_dict())
     history: list[dict] = []
@@ -184,18 +198,13 @@ def fit(
                 idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
                 if len(idx) == 0:
                     break
-                xb = _to_device(x_host[idx], device, cfg.channels_last)
+                xb = _to_device(x_src[idx.to(x_src.device)], device, cfg.channels_last)
                 yb = train.age[idx].to(device)
                 sb = train.sex[idx].to(device)
                 if aug is not None:
                     xb = augment(xb, aug, aug_gen)
                 xb = hide_patches(xb, hide[0], hide[1], aug_gen)
-                with _autocast(device, cfg.amp):
-                    logits = step_model(xb, sb)
-                loss, parts = ldl_loss(logits.float(), yb, cfg.sigma, cfg.lam)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                loss, parts = train_step(step_model, opt, xb, yb, sb, cfg, device)
                 sched.step()
                 n = len(idx)
                 seen += n
@@ -249,6 +258,18 @@ def fit(
         samples_seen=seen,
         last_epoch_indices=last_epoch_indices,
     )
+
+
+def _training_images(x: torch.Tensor, device: torch.device, max_frac: float) -> torch.Tensor:
+    """Where training batches are indexed from: on CUDA the whole uint8 set moves to the
+    GPU once when it fits in `max_frac` of free memory, else it is pinned on the host
+    (batches copied asynchronously); on CPU it is used as is."""
+    if device.type != "cuda":
+        return x
+    free, _ = torch.cuda.mem_get_info(device)
+    if x.numel() * x.element_size() <= max_frac * free:
+        return x.to(device)
+    return x.pin_memory()
 
 
 def _shard(data: TensorData, rank: int, world: int) -> TensorData:

@@ -1,0 +1,112 @@
+"""Training throughput on real images from the store vs synthetic tensors already on the
+device: same model, resolution, batch size and step (bf16 autocast + channels_last on
+CUDA), one run, and the ratio (goal on the GPU machine: >= 0.9).
+
+    python benchmarks/train_throughput.py [--store data/interim/ingest/store]
+        [--backbone tf_efficientnet_lite0] [--size 224] [--batch 32] [--steps 20]
+        [--channels 1] [--device auto]
+
+Real: `boneage.training.fit` for one epoch over `steps × batch` images decoded once from
+the store into a uint8 tensor (never re-decoded per step; on CUDA moved to the GPU once)
+— batch indexing, uint8→float, on-device augmentation and patch hiding included; its
+images/s is the training loop alone (validation excluded). Synthetic: the same
+forward/backward/optimizer step on one float batch that already sits on the device, no
+data work at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from boneage.config import AugmentConfig, ModelConfig, TrainConfig  # noqa: E402
+from boneage.models import AgeNet  # noqa: E402
+from boneage.store import ImageStore  # noqa: E402
+from boneage.training import TensorData, fit, resolve_device, train_step  # noqa: E402
+from boneage.views import load_views  # noqa: E402
+
+
+def synthetic(model: AgeNet, cfg: TrainConfig, size: int, channels: int, steps: int,
+              device: torch.device) -> float:  # fmt: skip
+    model.to(device).train()
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    x = torch.rand(cfg.batch_size, channels, size, size, device=device)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.rand(cfg.batch_size, device=device) * 228
+    sex = torch.ones(cfg.batch_size, device=device)
+
+    def step():
+        train_step(model, opt, x, y, sex, cfg, device)
+
+    for _ in range(3):  # warm-up
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * cfg.batch_size / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", type=Path, default=Path("data/interim/ingest/store"))
+    ap.add_argument("--backbone", default="tf_efficientnet_lite0")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--channels", type=int, default=1)
+    ap.add_argument("--device", default="auto")
+    a = ap.parse_args()
+    if not (a.store / "store.json").is_file():
+        raise SystemExit(f"{a.store}: no image store (run `make run` or boneage ingest)")
+    device = resolve_device(a.device)
+    n = a.steps * a.batch
+    ids = ImageStore(a.store).ids[:n]
+    t0 = time.perf_counter()
+    views = load_views(a.store, a.size, set(ids))
+    decode_s = time.perf_counter() - t0
+    x = torch.from_numpy(views.x).unsqueeze(1).repeat(1, a.channels, 1, 1)
+    k = len(views.ids)
+    if k < n:  # a small store: cycle it to fill the steps
+        reps = -(-n // k)
+        x = x.repeat(reps, 1, 1, 1)[:n]
+    ages = torch.rand(len(x)) * 228
+    data = TensorData([f"i{i}" for i in range(len(x))], x, ages, torch.ones(len(x)))
+    val = TensorData(data.ids[:8], x[:8], ages[:8], torch.ones(8))
+    mcfg = ModelConfig(backbone=a.backbone, pretrained="none", output_stride=32, sex_dim=32)
+    cfg = TrainConfig(epochs=1, batch_size=a.batch, device=str(device), warmup_frac=0.0)
+    torch.manual_seed(0)
+    syn = synthetic(AgeNet(mcfg, a.channels, load_pretrained=False), cfg, a.size, a.channels,
+                    a.steps, device)  # fmt: skip
+    torch.manual_seed(0)
+    warm = TrainConfig(epochs=1, batch_size=a.batch, device=str(device))
+    model = AgeNet(mcfg, a.channels, load_pretrained=False)
+    w = 3 * a.batch  # warm-up epoch (allocator, cudnn autotune), not timed
+    warm_data = TensorData(data.ids[:w], x[:w], ages[:w], torch.ones(w))
+    fit(model, warm_data, val, warm, AugmentConfig(), progress=False)
+    res = fit(model, data, val, cfg, AugmentConfig(), progress=False)
+    real = res.train_images_per_second
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"{a.backbone} @{a.size}px x{a.channels} ch, batch {a.batch}, {a.steps} steps, "
+          f"{name} ({torch.get_num_threads()} threads), bf16={device.type == 'cuda'}")  # fmt: skip
+    print(f"decoded {k} images once from {a.store} in {decode_s:.1f} s")
+    print(f"training, real data from the store (augmented on {device.type}): {real:.1f} img/s")
+    print(f"training, synthetic tensors already on {device.type}:            {syn:.1f} img/s")
+    print(f"ratio real / synthetic: {real / syn:.2f} (goal on the GPU machine >= 0.9)")
+
+
+if __name__ == "__main__":
+    main()
