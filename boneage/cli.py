@@ -347,13 +347,11 @@ def bundle(
 ) -> None:
     """Package the three localizers, the aggregator and the carpal head + params into one
     bundle directory (what `register` logs and `score --model PATH` loads)."""
-    from boneage.score import build_bundle
+    from boneage.score import build_bundle, bundle_model_dirs
 
     p = _params(params)
-    dirs = {f"localizer_{s}": models_root / f"localizer_{s}" for s in ("hand", "r1", "r2")}
-    dirs.update(aggregator=models_root / "aggregator", carpal=models_root / "carpal")
     try:
-        b = build_bundle(p, dirs, out, p.registry.model_name)
+        b = build_bundle(p, bundle_model_dirs(models_root), out, p.registry.model_name)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(f"bundle {b.meta['name']} ({'+'.join(b.meta['regions'])}) -> {out}")

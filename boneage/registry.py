@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,13 +30,7 @@ import yaml
 
 from boneage.cohort import discover
 from boneage.config import Params
-from boneage.score import (
-    OpenedModel,
-    ScoreError,
-    git_commit,
-    load_bundle,
-    score_candidates,
-)
+from boneage.score import OpenedModel, ScoreError, load_bundle, score_candidates
 from boneage.split import assign_split
 from boneage.tracking import Tracker, default_tracking_uri
 
@@ -73,6 +68,19 @@ def _signature():
     outputs = Schema([ColSpec("double" if c in floats else "string", c, required=False)
                       for c in PREDICTION_COLUMNS])  # fmt: skip
     return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    """HEAD of the repository (suffix -dirty with uncommitted tracked changes), or
+    'unknown' outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                             text=True, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=cwd, capture_output=True, text=True).stdout.strip()  # fmt: skip
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def dvc_hashes(lock: Path = Path("dvc.lock")) -> dict[str, str]:

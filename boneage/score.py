@@ -32,7 +32,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from boneage.aggregator import missing_reason, region_arrays
 from boneage.attend import attend
 from boneage.cohort import Candidate, Rejected, discover, parse_sex
 from boneage.config import Params
+from boneage.fingerprint import file_hash
 from boneage.ingest import ingest_candidates
 from boneage.ldl import distribution_quantiles, distribution_sd, expectation
 from boneage.localizer import STAGES, StagePaths, read_manifest
@@ -89,6 +89,11 @@ class Bundle:
         return self.root / name
 
 
+def bundle_model_dirs(models_root: Path) -> dict[str, Path]:
+    """The component directories of a pipeline's models root (data/models layout)."""
+    return {c: Path(models_root) / c for c in COMPONENTS}
+
+
 def build_bundle(params: Params, model_dirs: dict[str, Path], out: Path, name: str) -> Bundle:
     """Copy the five trained models + params into a self-contained bundle directory."""
     missing = [c for c in COMPONENTS if c not in model_dirs]
@@ -118,15 +123,11 @@ def build_bundle(params: Params, model_dirs: dict[str, Path], out: Path, name: s
         "regions": agg["regions"],
         "train_age_range_months": agg["metrics"]["train_age_range"],
         "sds_reference": REFERENCE_ID,
-        "params_sha256": params_hash(load_params_dict(dumped)),
-        "weights_sha256": {c: _sha256(out / c / "model.pt") for c in COMPONENTS},
+        "params_sha256": params_hash(Params.model_validate(dumped)),
+        "weights_sha256": {c: file_hash(out / c / "model.pt") for c in COMPONENTS},
     }
     (out / "bundle.json").write_text(json.dumps(meta, indent=2) + "\n")
     return load_bundle(out)
-
-
-def load_params_dict(d: dict) -> Params:
-    return Params.model_validate(d)
 
 
 def load_bundle(root: Path) -> Bundle:
@@ -148,14 +149,6 @@ def load_bundle(root: Path) -> Bundle:
 def params_hash(params: Params) -> str:
     blob = json.dumps(params.model_dump(mode="json", by_alias=True), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -202,14 +195,12 @@ def open_model(ref: str | Path) -> OpenedModel:
 
 def _scoring_params(bundle: Bundle, stage: str = "hand") -> Params:
     """The bundle's params with what scoring needs: no labels required, unknown sex
-    allowed, decoding in-process (no fork pool: scoring runs inside Ray workers and thread
-    pools, where forking a multi-threaded process can deadlock; the parallelism is across
-    shards), no PNG crop copies, a CAM overlay for every image from the hand stage only
-    (the one the scoring overlay shows) when overlays are on."""
+    allowed, no PNG crop copies, a CAM overlay for every image from the hand stage only
+    (the one the scoring overlay shows) when overlays are on. (Inside Ray workers and
+    thread pools, ingest's decode pool starts by forkserver, not fork: see
+    boneage.ingest._pool_context.)"""
     p = bundle.params
-    ingest = p.ingest.model_copy(
-        update={"require_labels": False, "allow_unknown_sex": True, "workers": 1}
-    )
+    ingest = p.ingest.model_copy(update={"require_labels": False, "allow_unknown_sex": True})
     n_overlays = 10**9 if stage == "hand" and p.score.overlays else 0
     att = p.attend.model_copy(update={"overlays_per_split": n_overlays, "png_store": False})
     return p.model_copy(update={"ingest": ingest, "attend": att})
@@ -239,7 +230,6 @@ def score_candidates(
     candidates: list[Candidate],
     work: Path,
     overlays_dir: Path | None = None,
-    references: dict[str, float] | None = None,
 ) -> pd.DataFrame:
     """Score candidates (one shard) in the scratch dir `work`; one row per candidate."""
     bundle = opened.bundle
@@ -270,14 +260,13 @@ def score_candidates(
     carpal, _ = ({}, {}) if not ids else _distribution_outputs(
         opened, "carpal", paths, ids, sex, device)  # fmt: skip
     lo, hi = bundle.meta["train_age_range_months"]
+    store = ImageStore(paths.store) if len(manifest) else None  # one reader for the overlays
     rows = []
     for c in candidates:
         row = dict.fromkeys(PREDICTION_COLUMNS)
         row.update(id=c.id, source=c.source, model_name=opened.name,
                    model_version=opened.version, sds_reference=REFERENCE_ID, flags="")  # fmt: skip
-        if references and c.id in references:
-            row["reference_boneage_months"] = references[c.id]
-        elif c.boneage_months is not None:
+        if c.boneage_months is not None:
             row["reference_boneage_months"] = c.boneage_months
         if c.id not in m.index:
             r = rejected.loc[c.id] if c.id in rejected.index else None
@@ -329,7 +318,7 @@ def score_candidates(
             flags.append("low_confidence")
         row["flags"] = ";".join(flags)
         if overlays_dir is not None and scfg.overlays:
-            _overlay(c.id, str(mr["split"]), paths, regions, work / "reports" / "hand",
+            _overlay(c.id, str(mr["split"]), store, regions, work / "reports" / "hand",
                      row, overlays_dir)  # fmt: skip
         rows.append(row)
     return _typed(pd.DataFrame(rows, columns=PREDICTION_COLUMNS))
@@ -347,11 +336,11 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _overlay(id_: str, split: str, paths: StagePaths, regions: dict[str, pd.DataFrame],
+def _overlay(id_: str, split: str, store: ImageStore, regions: dict[str, pd.DataFrame],
              hand_reports: Path, row: dict, out_dir: Path, side: int = 384) -> None:  # fmt: skip
     """overlays/ID.png: left the hand localizer's input with its CAM (red) and box; right
     the stored image with the hand (green), R1 (red) and R2 (cyan) boxes."""
-    img = ImageStore(paths.store).get(id_).pixels
+    img = store.get(id_).pixels
     h, w = img.shape
     rgb = Image.fromarray(img).convert("RGB")
     draw = ImageDraw.Draw(rgb)
@@ -475,10 +464,11 @@ def read_plan(out: Path) -> dict:
     return json.loads(f.read_text())
 
 
-def score_shard(opened: OpenedModel, out: Path, k: int) -> dict:
-    """Score shard k of OUT's plan unless its file exists (atomic rename when done)."""
+def score_shard(opened: OpenedModel, out: Path, k: int, plan: dict | None = None) -> dict:
+    """Score shard k of OUT's plan unless its file exists (atomic rename when done).
+    `plan`: the plan already in memory (else read from OUT)."""
     out = Path(out)
-    plan = read_plan(out)
+    plan = plan or read_plan(out)
     f = out / "shards" / f"shard-{k:05d}.parquet"
     if f.is_file():
         return {"shard": k, "skipped": True}
@@ -543,7 +533,7 @@ def score_cohort(
     plan = plan_scoring(opened, cohort_dir, out, labels, shard_size)
     results = []
     for k in range(len(plan["shards"])):
-        r = score_shard(opened, out, k)
+        r = score_shard(opened, out, k, plan)
         results.append(r)
         if not r["skipped"]:
             log(f"shard {k + 1}/{len(plan['shards'])}: {r['n_ok']}/{r['n']} ok")
@@ -608,14 +598,3 @@ def score_frame(opened: OpenedModel, df: pd.DataFrame, work: Path | None = None)
     if not parts:
         return _typed(pd.DataFrame(columns=PREDICTION_COLUMNS))
     return pd.concat(parts, ignore_index=True)
-
-
-def git_commit(cwd: Path | None = None) -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
-                             text=True, check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=cwd, capture_output=True, text=True).stdout.strip()  # fmt: skip
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"

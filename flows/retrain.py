@@ -33,7 +33,7 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from boneage.config import Params, load_params
+from boneage.config import load_params
 from boneage.fingerprint import code_version, tree_hash
 
 CACHE = {"cache_policy": INPUTS + TASK_SOURCE, "persist_result": True,
@@ -41,12 +41,8 @@ CACHE = {"cache_policy": INPUTS + TASK_SOURCE, "persist_result": True,
 RETRY = {"retries": 2, "retry_delay_seconds": 10}
 
 
-def _params(path: str) -> Params:
-    return load_params(path)
-
-
 def _section(params_path: str, *names: str) -> str:
-    p = _params(params_path).model_dump(mode="json", by_alias=True)
+    p = load_params(params_path).model_dump(mode="json", by_alias=True)
     return json.dumps({n: p[n] for n in names}, sort_keys=True)
 
 
@@ -74,7 +70,7 @@ def ingest_task(cohort: str, labels: str | None, out: str, params_path: str,
     from boneage.ingest import ingest
 
     r = ingest(Path(cohort), Path(labels) if labels else None, Path(out),
-               _params(params_path).ingest, progress=False)  # fmt: skip
+               load_params(params_path).ingest, progress=False)  # fmt: skip
     return _done(Path(out), summary=r.summary)
 
 
@@ -84,8 +80,9 @@ def validate_task(ingest_dir: str, params_path: str, section: str, ingest_hash: 
     from boneage.validate import validate_files
 
     d = Path(ingest_dir)
-    report = validate_files(d / "manifest.parquet", d / "rejected.parquet",
-                            _params(params_path).validate_, d.parent / "validation")  # fmt: skip
+    cfg = load_params(params_path).validate_
+    report = validate_files(d / "manifest.parquet", d / "rejected.parquet", cfg,
+                            d.parent / "validation")  # fmt: skip
     if not report.success:
         names = ", ".join(f"{o.name}({o.column or ''})" for o in report.failed())
         raise RuntimeError(f"validation failed: {names}")
@@ -110,7 +107,7 @@ def train_localizer_task(stage: str, wd: str, params_path: str, section: str,
     from boneage.localizer import train_localizer
 
     out = Path(wd) / "models" / f"localizer_{stage}"
-    m = train_localizer(stage, _params(params_path), _paths(Path(wd)), out, _tracker(), False)
+    m = train_localizer(stage, load_params(params_path), _paths(Path(wd)), out, _tracker(), False)
     return _done(out, val_mae=m["val_mae"])
 
 
@@ -121,7 +118,7 @@ def attend_task(stage: str, wd: str, params_path: str, section: str, model_hash:
 
     w = Path(wd)
     out = w / "attend" / stage
-    s = attend(stage, _params(params_path), _paths(w), w / "models" / f"localizer_{stage}",
+    s = attend(stage, load_params(params_path), _paths(w), w / "models" / f"localizer_{stage}",
                out, w / "reports" / "attend" / stage, progress=False)  # fmt: skip
     return _done(out, status=s["status"])
 
@@ -131,7 +128,7 @@ def train_aggregator_task(wd: str, params_path: str, section: str, input_hash: s
                           code: str, carpal: bool = False) -> dict:  # fmt: skip
     from boneage.aggregator import carpal_params, train_aggregator
 
-    p = _params(params_path)
+    p = load_params(params_path)
     out = Path(wd) / "models" / ("carpal" if carpal else "aggregator")
     m = train_aggregator(carpal_params(p) if carpal else p, _paths(Path(wd)), out, _tracker(),
                          False)  # fmt: skip
@@ -144,19 +141,17 @@ def evaluate_task(wd: str, params_path: str, section: str, input_hash: str, code
 
     w = Path(wd)
     out = w / "reports" / "evaluate"
-    m = evaluate(_params(params_path), _paths(w), w / "models" / "aggregator", out, _tracker())
+    m = evaluate(load_params(params_path), _paths(w), w / "models" / "aggregator", out, _tracker())
     return _done(out, mae=m["mae"], n=m["n"])
 
 
 @task(name="bundle", **CACHE, **RETRY)
 def bundle_task(wd: str, params_path: str, section: str, input_hash: str, code: str) -> dict:
-    from boneage.score import build_bundle
+    from boneage.score import build_bundle, bundle_model_dirs
 
-    w, p = Path(wd), _params(params_path)
-    dirs = {f"localizer_{s}": w / "models" / f"localizer_{s}" for s in ("hand", "r1", "r2")}
-    dirs.update(aggregator=w / "models" / "aggregator", carpal=w / "models" / "carpal")
+    w, p = Path(wd), load_params(params_path)
     out = w / "models" / "bundle"
-    build_bundle(p, dirs, out, p.registry.model_name)
+    build_bundle(p, bundle_model_dirs(w / "models"), out, p.registry.model_name)
     return _done(out)
 
 
@@ -167,7 +162,7 @@ def register_task(bundle_dir: str, params_path: str, section: str, bundle_hash: 
 
     tags = {"trained_by": "prefect flow boneage-retrain", "bundle_sha256": bundle_hash,
             "code_sha256": code}  # fmt: skip
-    info = register_bundle(Path(bundle_dir), _params(params_path), extra_tags=tags,
+    info = register_bundle(Path(bundle_dir), load_params(params_path), extra_tags=tags,
                            dvc_lock=Path(bundle_dir) / "dvc.lock")  # fmt: skip
     return {"version": info["version"], "run_id": info["run_id"], "ran_at": time.time()}
 
@@ -176,7 +171,7 @@ def register_task(bundle_dir: str, params_path: str, section: str, bundle_hash: 
 def promote_task(params_path: str, section: str, version: str, code: str) -> dict:
     from boneage.registry import promote
 
-    return {**promote(_params(params_path)), "ran_at": time.time()}
+    return {**promote(load_params(params_path)), "ran_at": time.time()}
 
 
 @flow(name="boneage-retrain")
