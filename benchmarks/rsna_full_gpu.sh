@@ -3,8 +3,10 @@
 #   here:    python benchmarks/pack_rsna.py                       # pack/rsna256, 56.9 MiB
 #   device:  bash benchmarks/rsna_full_gpu.sh [PACK] [WORK] [PARAMS]   (carry: pack)
 # ingest → validate → hand/r1/r2 localizers + attend → aggregator → evaluate → carpal head
-# → ablation (O vs H+R1+R2 vs H+R1+E at the same budget); timings per step and all metrics
-# in WORK/timings.tsv and WORK/reports/ (copied to $OUT when set).
+# → ablation (O vs H+R1+R2 vs H+R1+E at the same budget) → bundle → export (int8 weights +
+# model card: the models/rsna299 candidate); timings per step and all metrics in
+# WORK/timings.tsv and WORK/reports/, the export in WORK/export/rsna299 (all copied to $OUT
+# when set).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 PACK=${1:-$HERE/pack/rsna256}
@@ -38,10 +40,23 @@ step evaluate boneage evaluate --ingest ingest --attend-root attend --model mode
   --out reports/evaluate --params "$PARAMS"
 step carpal boneage train-aggregator --carpal --ingest ingest --attend-root attend \
   --out models/carpal --params "$PARAMS" --no-progress
+# The H+R1+R2 row is the aggregator just trained and evaluated (same params): reused, not
+# trained twice (ablation --resume checks that its saved budget equals today's).
+mkdir -p models/ablation reports/ablation
+cp -rT models/aggregator "models/ablation/H+R1+R2"
+cp -rT reports/evaluate "reports/ablation/H+R1+R2"
 step ablation boneage ablation --ingest ingest --attend-root attend --models-root models \
-  --reports reports --params "$PARAMS"
+  --reports reports --params "$PARAMS" --resume
+step bundle boneage bundle --models-root models --out models/bundle --params "$PARAMS"
+# The reference model: int8 weights + model card, measured by scoring the test split's
+# image files end to end (REF_COMMAND / REF_STATUS: what the card says produced it).
+step export boneage export --bundle models/bundle --out export/rsna299 --weights int8 \
+  --ingest ingest --cohort "$PACK" --evaluation reports/evaluate --ablation reports/ablation.json \
+  --data-card "$HERE/benchmarks/rsna_data_card.md" \
+  --command "${REF_COMMAND:-python benchmarks/pack_rsna.py && bash benchmarks/rsna_full_gpu.sh}" \
+  --title "boneage rsna299 reference model" ${REF_STATUS:+--status "$REF_STATUS"}
 cat reports/ablation.md timings.tsv
 if [ -n "${OUT:-}" ]; then
   cp timings.tsv reports/ablation.md reports/evaluate/metrics.json "$OUT"/
-  tar czf "$OUT/models.tgz" models/localizer_* models/aggregator models/carpal
+  cp -r export/rsna299 "$OUT"/rsna299
 fi

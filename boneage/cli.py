@@ -358,6 +358,52 @@ def bundle(
 
 
 @app.command()
+def export(
+    bundle_dir: Annotated[Path, typer.Option("--bundle", help="bundle dir to export")] = Path(
+        "data/models/bundle"
+    ),
+    out: Annotated[Path, typer.Option(help="export dir (e.g. models/rsna299)")] = Path(
+        "data/models/export"
+    ),
+    weights: Annotated[str, typer.Option(help="weights precision: int8 | fp16 | fp32")] = "int8",
+    ingest: Annotated[
+        Path | None,
+        typer.Option(
+            help="the ingest that trained the bundle: "
+            "its test split is scored to measure the export"
+        ),
+    ] = None,  # fmt: skip
+    cohort: Annotated[Path | None, typer.Option(help="the image dir that ingest read")] = None,
+    evaluation: Annotated[Path | None, typer.Option(help="`boneage evaluate` output dir")] = None,
+    ablation: Annotated[Path | None, typer.Option(help="ablation.json to quote")] = None,
+    data_card: Annotated[
+        Path | None, typer.Option(help="markdown: the data, its terms, its limitations")
+    ] = None,  # fmt: skip
+    command: Annotated[str | None, typer.Option(help="the exact command that trained it")] = None,
+    title: Annotated[str | None, typer.Option(help="model card title")] = None,
+    status: Annotated[str | None, typer.Option(help="status line for the card")] = None,
+    check_max: Annotated[int | None, typer.Option(help="score at most N test images")] = None,
+) -> None:
+    """Compact copy of a bundle for distribution (fp16 or weight-only int8) with a model
+    card (MODEL_CARD.md + card.json) stating the exported model's measured error."""
+    from boneage.export import export_bundle
+    from boneage.score import ScoreError
+
+    try:
+        card = export_bundle(bundle_dir, out, weights, ingest, cohort, evaluation, ablation,
+                             data_card, command, title, status, check_max)  # fmt: skip
+    except (ScoreError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        _fail(str(exc))
+    m = card.get("metrics")
+    measured = (f"; test MAE {m['mae']:.2f} months (95 % CI {m['mae_ci95'][0]:.2f}-"
+                f"{m['mae_ci95'][1]:.2f}, n={m['n']})" if m else "")  # fmt: skip
+    typer.echo(
+        f"exported {card['weights_precision']} bundle ({card['weights_mb']} MB weights, "
+        f"{card['source_weights_mb']} MB fp32){measured} -> {out}"
+    )
+
+
+@app.command()
 def register(
     bundle_dir: Annotated[Path, typer.Option("--bundle", help="bundle dir")] = Path(
         "data/models/bundle"

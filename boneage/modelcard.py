@@ -1,0 +1,170 @@
+"""MODEL_CARD.md from an export's card.json (see `boneage.export`): what the model is,
+what it was trained on and how, what error to expect and where it stops being valid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+LIMITATIONS = [
+    "**Not a medical device.** Bone age estimates are decision support for a reader who "
+    "looks at the radiograph; they are not a diagnosis.",
+    "**Labels are readers' bone age estimates** (Greulich–Pyle atlas readings for RSNA): "
+    "the model learns those readers' estimates, including their disagreement "
+    "(inter-reader variation of Greulich–Pyle readings is commonly quoted at 0.5–1 year).",
+    "**Population**: the training hospitals' patients only. Performance on other "
+    "populations, scanners, post-processing or image sizes is unmeasured.",
+    "**Ages outside the training range** (see below) are extrapolations: the age "
+    "distribution has support on 0–239 months only, and the tails were rarely seen.",
+    "**Sex is an input.** Unknown sex is scored at the midpoint (sex code 0.5) with no SDS "
+    "and flag `sex_unknown`; such estimates are less reliable.",
+    "**Weakly supervised regions.** The hand, carpal (R1) and metacarpal/phalangeal (R2) "
+    "regions come from class activation maps, not annotations; check the overlays when a "
+    "result is flagged (`low_confidence`, `*_fallback_prior`).",
+]
+
+
+def _f(x, nd: int = 2) -> str:
+    return "—" if x is None else f"{x:.{nd}f}"
+
+
+def _metrics_section(card: dict) -> list[str]:
+    m = card.get("metrics")
+    if not m:
+        return ["No end-to-end check was run for this export (no --ingest/--cohort given).", ""]
+    pc = card["precision_check"]
+    q = m["abs_error_quantiles"]
+    lines = [
+        f"Measured by scoring the **{m['n_input']} images of the test split** end to end "
+        "with the exported weights (`boneage score` path: image file → hand → R1 → R2 → "
+        f"aggregator); {m['n_not_scored']} not scored.",
+        "",
+        "| metric | value |",
+        "|---|---:|",
+        f"| MAE (months) | **{_f(m['mae'])}** (95 % bootstrap CI {_f(m['mae_ci95'][0])}–"
+        f"{_f(m['mae_ci95'][1])}) |",
+        f"| RMSE (months) | {_f(m['rmse'])} |",
+        f"| median absolute error (months) | {_f(m['median_ae'])} |",
+        f"| 90th / 95th percentile absolute error (months) | {_f(q['90'])} / {_f(q['95'])} |",
+        f"| bias, predicted − label (months) | {_f(m['bias'], 2)} |",
+        f"| coverage of the predicted 90 % interval (p05–p95) | {m['coverage'] * 100:.1f} % |",
+        "",
+        "MAE by sex: "
+        + ", ".join(f"{s} {_f(v['mae'])} (n={v['n']})" for s, v in m["mae_by_sex"].items())
+        + ".",  # fmt: skip
+        "MAE by bone-age band: "
+        + ", ".join(f"{b} {_f(v['mae'])} (n={v['n']})" for b, v in m["mae_by_age_band"].items())
+        + ".",
+        "",
+        "### Stated error (what to check predictions against)",
+        "",
+        f"- Per image: 90 % of test images were within **±{_f(q['90'], 1)} months**, 95 % "
+        f"within ±{_f(q['95'], 1)} months.",
+        "- Per cohort: the MAE of a random cohort of *n* images like these stays below, with "
+        "95 % probability (bootstrap of the test errors): "
+        + ", ".join(f"n={n}: **{_f(v, 1)}**" for n, v in m["cohort_mae_upper95"].items())
+        + " months.",
+        "",
+        "### Compact weights",
+        "",
+        f"Weights stored as **{card['weights_precision']}** ({card['weights_mb']} MB for the "
+        f"five networks; {card['source_weights_mb']} MB in fp32). On the same {pc['n']} images "
+        f"the full-precision bundle scored MAE {_f(pc['mae_full_precision'], 3)} vs "
+        f"{_f(pc['mae_exported'], 3)} exported; predictions moved by "
+        f"{_f(pc['mean_abs_delta_months'], 3)} months on average, "
+        f"{_f(pc['max_abs_delta_months'], 3)} at most; {pc['status_changed']} images "
+        "changed status.",
+        "",
+    ]
+    return lines
+
+
+def _evaluation_section(card: dict) -> list[str]:
+    lines = []
+    ev = card.get("evaluation_full_precision")
+    if ev:
+        lines += [
+            "### Pipeline evaluation (full precision, stored crops)",
+            "",
+            f"`boneage evaluate` on the test split: MAE {_f(ev['mae'])}, RMSE {_f(ev['rmse'])}, "
+            f"bias {_f(ev['bias'])}, {ev['interval'] * 100:.0f} % interval coverage "
+            f"{ev['coverage'] * 100:.1f} %, n={ev['n']}; predicting the training mean would "
+            f"give MAE {_f(ev.get('mae_predict_train_mean'))}.",
+            "",
+        ]
+    ab = card.get("ablation")
+    if ab:
+        lines += ["### Region ablation (same budget for every row)", "",
+                  "| regions | test MAE | RMSE | 90 % coverage | paper (Chen et al.) |",
+                  "|---|---:|---:|---:|---:|"]  # fmt: skip
+        for r in ab["rows"]:
+            cov = f"{r['coverage'] * 100:.0f} %"
+            lines.append(f"| {r['regions']} | {_f(r['test_mae'])} | {_f(r['test_rmse'])} | "
+                         f"{cov} | {_f(r.get('paper_mae'), 1)} |")  # fmt: skip
+        lines.append("")
+    return lines
+
+
+def _training_section(card: dict, out: Path) -> list[str]:
+    params = yaml.safe_load((out / "params.yaml").read_text())
+    lines = ["## Training", ""]
+    if card.get("command"):
+        lines += ["Produced by:", "", "```bash", card["command"], "```", ""]
+    lines += [
+        "| network | backbone (init) | input px | epochs run / max | val MAE | train images |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for name, c in card["components"].items():
+        m = c.get("metrics", {})
+        tr = c.get("train") or {}
+        lines.append(f"| {name} | {c['backbone']} ({c['pretrained']}) | {c.get('img_size')} | "
+                     f"{m.get('epochs_run', '—')} / {tr.get('epochs', '—')} | "
+                     f"{_f(m.get('val_mae'))} | {m.get('n_train', '—')} |")  # fmt: skip
+    v = next(iter(card["components"].values())).get("versions") or {}
+    lines += ["", "Software: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ". "
+              f"Exported on {card['exported_on']}. The full parameters are `params.yaml` "
+              f"beside this card (sections: {', '.join(params)}).", ""]  # fmt: skip
+    return lines
+
+
+def render_card(card: dict, out: Path, data_md: str | None) -> str:
+    rng = card.get("train_age_range_months") or [None, None]
+    lines = [f"# {card['title']}", ""]
+    if card.get("status"):
+        lines += [f"> **Status:** {card['status']}", ""]
+    lines += [
+        "Bone age from a left-hand radiograph and sex, after Chen et al. (arXiv 2006.00202): "
+        "class activation maps of age classifiers locate the hand, the carpal bones (R1) and "
+        "— with R1 erased — the metacarpals/phalanges (R2); crops of "
+        f"{' + '.join(card['regions'])} feed an aggregator that also takes sex and predicts a "
+        "distribution over 240 monthly bins (Gaussian label distribution learning); the "
+        "estimate is its expectation, the SD and p05–p95 its spread.",
+        "",
+        "## Use",
+        "",
+        "```bash",
+        f"boneage score --model {out} --cohort DIR [--labels CSV] --out RESULTS",
+        "```",
+        "",
+        "CPU is enough. Outputs: predictions.csv/parquet (one row per input, rejected inputs "
+        "with their reason), overlays and report.html — see the project README.",
+        "",
+        "## Data",
+        "",
+    ]
+    lines += [data_md.strip(), ""] if data_md else ["(no data card given)", ""]
+    split = card.get("split")
+    if split:
+        lines += ["| split | images | female | male | bone age range (months) |",
+                  "|---|---:|---:|---:|---|"]  # fmt: skip
+        for s, v in split.items():
+            lo, hi = v["boneage_months_range"]
+            lines.append(f"| {s} | {v['n']} | {v['female']} | {v['male']} | {lo:g}–{hi:g} |")
+        lines.append("")
+    lines += ["## Performance", ""] + _metrics_section(card) + _evaluation_section(card)
+    lines += _training_section(card, out)
+    lines += ["## Limitations", "", "Those of the data (above), and:", ""]
+    lines += [f"- {x}" for x in LIMITATIONS]
+    lines += [f"- Training bone ages span {_f(rng[0], 0)}–{_f(rng[1], 0)} months.", ""]
+    return "\n".join(lines)
