@@ -47,14 +47,22 @@ cp -rT models/aggregator "models/ablation/H+R1+R2"
 cp -rT reports/evaluate "reports/ablation/H+R1+R2"
 step ablation boneage ablation --ingest ingest --attend-root attend --models-root models \
   --reports reports --params "$PARAMS" --resume
-step bundle boneage bundle --models-root models --out models/bundle --params "$PARAMS"
-# The reference model: int8 weights + model card, measured by scoring the test split's
-# image files end to end (REF_COMMAND / REF_STATUS: what the card says produced it).
+# The reference model is the ablation row with the lowest VALIDATION MAE (test MAE only
+# reported, never used to choose): its aggregator + the localizers + the carpal head,
+# int8 weights + model card measured by scoring the test split's image files end to end
+# (REF_COMMAND / REF_STATUS: what the card says produced it).
+BEST=$(python -c "import json; r = json.load(open('reports/ablation.json'))['rows']; \
+print(min(r, key=lambda x: x['val_mae'])['regions'].replace(' ', '_'))")
+echo "reference: ablation row $BEST (lowest validation MAE)"
+step bundle boneage bundle --models-root models --aggregator "models/ablation/$BEST" \
+  --out models/bundle --params "$PARAMS"
 step export boneage export --bundle models/bundle --out export/rsna299 --weights int8 \
-  --ingest ingest --cohort "$PACK" --evaluation reports/evaluate --ablation reports/ablation.json \
+  --ingest ingest --cohort "$PACK" --evaluation "reports/ablation/$BEST" \
+  --ablation reports/ablation.json \
   --data-card "$HERE/benchmarks/rsna_data_card.md" \
   --command "${REF_COMMAND:-python benchmarks/pack_rsna.py && bash benchmarks/rsna_full_gpu.sh}" \
-  --title "boneage rsna299 reference model" ${REF_STATUS:+--status "$REF_STATUS"}
+  --title "boneage rsna299 reference model" --use-path models/rsna299 \
+  ${REF_STATUS:+--status "$REF_STATUS"}
 cat reports/ablation.md timings.tsv
 if [ -n "${OUT:-}" ]; then
   cp timings.tsv reports/ablation.md reports/evaluate/metrics.json "$OUT"/

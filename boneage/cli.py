@@ -343,6 +343,12 @@ def bundle(
         "data/models"
     ),
     out: Annotated[Path, typer.Option(help="bundle dir to write")] = Path("data/models/bundle"),
+    aggregator: Annotated[
+        Path | None,
+        typer.Option(
+            help="aggregator dir to use instead of MODELS_ROOT/aggregator (e.g. an ablation row's)"
+        ),
+    ] = None,
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
     """Package the three localizers, the aggregator and the carpal head + params into one
@@ -350,8 +356,11 @@ def bundle(
     from boneage.score import build_bundle, bundle_model_dirs
 
     p = _params(params)
+    dirs = bundle_model_dirs(models_root)
+    if aggregator is not None:
+        dirs["aggregator"] = aggregator
     try:
-        b = build_bundle(p, bundle_model_dirs(models_root), out, p.registry.model_name)
+        b = build_bundle(p, dirs, out, p.registry.model_name)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(f"bundle {b.meta['name']} ({'+'.join(b.meta['regions'])}) -> {out}")
@@ -383,6 +392,9 @@ def export(
     title: Annotated[str | None, typer.Option(help="model card title")] = None,
     status: Annotated[str | None, typer.Option(help="status line for the card")] = None,
     check_max: Annotated[int | None, typer.Option(help="score at most N test images")] = None,
+    use_path: Annotated[
+        str | None, typer.Option(help="model path the card's usage line shows (default: --out)")
+    ] = None,  # fmt: skip
 ) -> None:
     """Compact copy of a bundle for distribution (fp16 or weight-only int8) with a model
     card (MODEL_CARD.md + card.json) stating the exported model's measured error."""
@@ -391,7 +403,7 @@ def export(
 
     try:
         card = export_bundle(bundle_dir, out, weights, ingest, cohort, evaluation, ablation,
-                             data_card, command, title, status, check_max)  # fmt: skip
+                             data_card, command, title, status, check_max, use_path)  # fmt: skip
     except (ScoreError, FileNotFoundError, FileExistsError, ValueError) as exc:
         _fail(str(exc))
     m = card.get("metrics")

@@ -145,6 +145,8 @@ def measure_export(bundle_dir: Path, exported: Path, frame: pd.DataFrame) -> dic
         "n": int(len(both)),
         "max_abs_delta_months": float(delta.max()) if len(both) else None,
         "mean_abs_delta_months": float(delta.mean()) if len(both) else None,
+        "median_abs_delta_months": float(delta.median()) if len(both) else None,
+        "p90_abs_delta_months": float(delta.quantile(0.9)) if len(both) else None,
         "mae_full_precision": float((full_ok["pred_months"] - full_ok["true_months"]).abs().mean()),
         "mae_exported": metrics["mae"],
         "status_changed": int((both["status_full"] != both["status_export"]).sum()),
@@ -165,6 +167,7 @@ def export_bundle(
     title: str | None = None,
     status: str | None = None,
     check_max: int | None = None,
+    use_path: str | None = None,
 ) -> dict:
     """Write the compact bundle + card.json + MODEL_CARD.md to `out`; returns the card."""
     if (ingest is None) != (cohort is None):
@@ -208,7 +211,7 @@ def export_bundle(
     from boneage.modelcard import render_card
 
     data_md = Path(data_card).read_text() if data_card is not None else None
-    (out / "MODEL_CARD.md").write_text(render_card(card, out, data_md))
+    (out / "MODEL_CARD.md").write_text(render_card(card, out, data_md, use_path))
     return card
 
 

@@ -71,10 +71,11 @@ def _metrics_section(card: dict) -> list[str]:
         f"Weights stored as **{card['weights_precision']}** ({card['weights_mb']} MB for the "
         f"five networks; {card['source_weights_mb']} MB in fp32). On the same {pc['n']} images "
         f"the full-precision bundle scored MAE {_f(pc['mae_full_precision'], 3)} vs "
-        f"{_f(pc['mae_exported'], 3)} exported; predictions moved by "
-        f"{_f(pc['mean_abs_delta_months'], 3)} months on average, "
-        f"{_f(pc['max_abs_delta_months'], 3)} at most; {pc['status_changed']} images "
-        "changed status.",
+        f"{_f(pc['mae_exported'], 3)} exported; per image the estimate moved by "
+        f"{_f(pc['mean_abs_delta_months'], 2)} months on average (median "
+        f"{_f(pc.get('median_abs_delta_months'), 2)}, 90th percentile "
+        f"{_f(pc.get('p90_abs_delta_months'), 2)}, at most "
+        f"{_f(pc['max_abs_delta_months'], 2)}); {pc['status_changed']} images changed status.",
         "",
     ]
     return lines
@@ -128,23 +129,43 @@ def _training_section(card: dict, out: Path) -> list[str]:
     return lines
 
 
-def render_card(card: dict, out: Path, data_md: str | None) -> str:
+REGION_NAMES = {
+    "O": "the whole radiograph (O)",
+    "H": "the hand crop (H)",
+    "R1": "the carpal crop (R1)",
+    "R2": "the metacarpal/phalangeal crop (R2)",
+    "E": "the hand with R1 erased (E)",
+}
+
+
+def render_card(card: dict, out: Path, data_md: str | None, use_path: str | None = None) -> str:
     rng = card.get("train_age_range_months") or [None, None]
+    regions = card["regions"]
     lines = [f"# {card['title']}", ""]
     if card.get("status"):
         lines += [f"> **Status:** {card['status']}", ""]
     lines += [
         "Bone age from a left-hand radiograph and sex, after Chen et al. (arXiv 2006.00202): "
         "class activation maps of age classifiers locate the hand, the carpal bones (R1) and "
-        "— with R1 erased — the metacarpals/phalanges (R2); crops of "
-        f"{' + '.join(card['regions'])} feed an aggregator that also takes sex and predicts a "
-        "distribution over 240 monthly bins (Gaussian label distribution learning); the "
-        "estimate is its expectation, the SD and p05–p95 its spread.",
+        "— with R1 erased — the metacarpals/phalanges (R2); an aggregator that also takes "
+        "sex predicts a distribution over 240 monthly bins (Gaussian label distribution "
+        "learning); the estimate is its expectation, the SD and p05–p95 its spread. This "
+        "model's aggregator reads " + ", ".join(REGION_NAMES.get(r, r) for r in regions) + ".",
         "",
+    ]
+    if list(regions) == ["O"]:
+        lines += [
+            "Its estimate does not use the attention chain's crops: the region set was chosen "
+            "by validation MAE, and at this model's budget the whole radiograph beat the "
+            "crops (ablation below). The localizers still run, to draw the overlays and to "
+            "feed the carpal-only estimate (R1).",
+            "",
+        ]
+    lines += [
         "## Use",
         "",
         "```bash",
-        f"boneage score --model {out} --cohort DIR [--labels CSV] --out RESULTS",
+        f"boneage score --model {use_path or out} --cohort DIR [--labels CSV] --out RESULTS",
         "```",
         "",
         "CPU is enough. Outputs: predictions.csv/parquet (one row per input, rejected inputs "

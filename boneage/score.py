@@ -114,8 +114,11 @@ def build_bundle(params: Params, model_dirs: dict[str, Path], out: Path, name: s
                 shutil.copy2(src / f, out / c / f)
     dumped = {k: v for k, v in params.model_dump(mode="json", by_alias=True).items()
               if k in BUNDLE_PARAM_SECTIONS}  # fmt: skip
-    (out / "params.yaml").write_text(yaml.safe_dump(dumped, sort_keys=False))
     agg = json.loads((out / "aggregator" / "config.json").read_text())
+    # the params describe the aggregator the bundle holds (e.g. an ablation row's)
+    dumped["aggregator"]["regions"] = list(agg["regions"])
+    dumped["aggregator"]["img_size"] = agg["img_size"]
+    (out / "params.yaml").write_text(yaml.safe_dump(dumped, sort_keys=False))
     meta = {
         "format": BUNDLE_FORMAT,
         "name": name,

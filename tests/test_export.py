@@ -187,3 +187,21 @@ def test_export_cli_refusals(trained, tmp_path):
     r = run(app, ["export", "--bundle", str(bundle), "--out", str(tmp_path / "o"),
                   "--weights", "int4"])  # fmt: skip
     assert r.exit_code == 2 and "weights precision 'int4'" in r.output
+
+
+def test_bundle_with_another_aggregator_describes_it_in_its_params(tmp_path):
+    """`boneage bundle --aggregator DIR` (how the reference model takes the best ablation
+    row): the bundle's params say the regions and size of the aggregator it holds."""
+    import yaml
+
+    src = make_bundle(tmp_path, age=120)
+    models = src.parent / "models-120"
+    out = tmp_path / "b"
+    r = CliRunner().invoke(app, ["bundle", "--models-root", str(models), "--aggregator",
+                                 str(models / "carpal"), "--out", str(out)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    meta = json.loads((out / "bundle.json").read_text())
+    params = yaml.safe_load((out / "params.yaml").read_text())
+    assert meta["regions"] == params["aggregator"]["regions"] == ["R1"]
+    assert params["aggregator"]["img_size"] == 48
+    assert open_model(out).bundle.params.aggregator.regions == ("R1",)
