@@ -381,20 +381,20 @@ def export(
             help="the ingest that trained the bundle: "
             "its test split is scored to measure the export"
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     cohort: Annotated[Path | None, typer.Option(help="the image dir that ingest read")] = None,
     evaluation: Annotated[Path | None, typer.Option(help="`boneage evaluate` output dir")] = None,
     ablation: Annotated[Path | None, typer.Option(help="ablation.json to quote")] = None,
     data_card: Annotated[
         Path | None, typer.Option(help="markdown: the data, its terms, its limitations")
-    ] = None,  # fmt: skip
+    ] = None,
     command: Annotated[str | None, typer.Option(help="the exact command that trained it")] = None,
     title: Annotated[str | None, typer.Option(help="model card title")] = None,
     status: Annotated[str | None, typer.Option(help="status line for the card")] = None,
     check_max: Annotated[int | None, typer.Option(help="score at most N test images")] = None,
     use_path: Annotated[
         str | None, typer.Option(help="model path the card's usage line shows (default: --out)")
-    ] = None,  # fmt: skip
+    ] = None,
 ) -> None:
     """Compact copy of a bundle for distribution (fp16 or weight-only int8) with a model
     card (MODEL_CARD.md + card.json) stating the exported model's measured error."""

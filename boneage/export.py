@@ -26,11 +26,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from boneage.cohort import Candidate
 from boneage.config import EvaluateConfig
 from boneage.evaluate import compute_metrics
 from boneage.fingerprint import file_hash
-from boneage.score import COMPONENTS, load_bundle, open_model, score_frame
-from boneage.training import compact_state
+from boneage.score import COMPONENTS, load_bundle, open_model, score_in_shards
+from boneage.training import compact_format, compact_state
 
 CARD_FORMAT = "boneage-model-card/1"
 COHORT_SIZES = (10, 25, 100)  # the MAE bound a cohort of n images should stay under
@@ -62,9 +63,9 @@ def write_compact_bundle(bundle_dir: Path, out: Path, precision: str) -> dict:
             if (src.root / c / f).is_file():
                 shutil.copy2(src.root / c / f, tmp / c / f)
         state = torch.load(src.root / c / "model.pt", map_location="cpu", weights_only=True)
-        if "boneage_weights" in state:
+        if compact_format(state) is not None:
             raise ValueError(
-                f"{src.root / c / 'model.pt'}: already exported ({state['boneage_weights']}); "
+                f"{src.root / c / 'model.pt'}: already exported ({compact_format(state)}); "
                 "export from full-precision weights"
             )
         torch.save(compact_state(state, precision), tmp / c / "model.pt")
@@ -81,30 +82,33 @@ def write_compact_bundle(bundle_dir: Path, out: Path, precision: str) -> dict:
     return meta
 
 
-def check_frame(ingest: Path, cohort: Path, split: str = "test", max_images: int | None = None
-                ) -> pd.DataFrame:  # fmt: skip
-    """The rows of an ingest's `split` as scoring input (path, id, sex) + label."""
-    man = pd.read_parquet(Path(ingest) / "manifest.parquet")
-    rows = man[man["split"] == split].sort_values("id")
+def check_candidates(manifest: pd.DataFrame, cohort: Path, split: str = "test",
+                     max_images: int | None = None) -> list[Candidate]:  # fmt: skip
+    """The ingest manifest's `split` rows as scoring candidates, labels included (scoring
+    reports them as reference_boneage_months)."""
+    rows = manifest[manifest["split"] == split].sort_values("id")
     if max_images is not None:
         rows = rows.head(max_images)
     if rows.empty:
-        raise ValueError(f"{ingest}: no {split!r} rows in the manifest to check the export on")
-    paths = [Path(cohort) / s for s in rows["source"]]
-    missing = [str(p) for p in paths if not p.is_file()]
+        raise ValueError(f"no {split!r} rows in the ingest manifest to check the export on")
+    cands = []
+    for r in rows.to_dict("records"):
+        sex = r["sex"] if r["sex"] in ("M", "F") else None
+        cands.append(Candidate(str(r["id"]), (Path(cohort) / r["source"]).resolve(),
+                               str(r["source"]), sex, "csv" if sex else "missing",
+                               float(r["boneage_months"]), None, None))  # fmt: skip
+    missing = [str(c.path) for c in cands if not c.path.is_file()]
     if missing:
         raise FileNotFoundError(f"{missing[0]}: image of the {split} split not found under "
                                 f"--cohort {cohort} ({len(missing)} missing)")  # fmt: skip
-    return pd.DataFrame({"path": [str(p) for p in paths], "id": rows["id"].astype(str).tolist(),
-                         "sex": rows["sex"].tolist(),
-                         "true_months": rows["boneage_months"].astype(float).tolist()})  # fmt: skip
+    return cands
 
 
-def _scored(pred: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
-    """Scoring output joined to the labels, as compute_metrics expects."""
-    df = pred.merge(frame[["id", "true_months"]], on="id", how="left")
-    return df.rename(columns={"boneage_months": "pred_months", "p05_months": "lo_months",
-                              "p95_months": "hi_months", "sex_used": "sex"})  # fmt: skip
+def _scored(pred: pd.DataFrame) -> pd.DataFrame:
+    """Scoring output under the column names compute_metrics expects."""
+    return pred.rename(columns={"boneage_months": "pred_months", "p05_months": "lo_months",
+                                "p95_months": "hi_months", "sex_used": "sex",
+                                "reference_boneage_months": "true_months"})  # fmt: skip
 
 
 def error_statement(abs_err: np.ndarray, seed: int = 0) -> dict:
@@ -120,23 +124,23 @@ def error_statement(abs_err: np.ndarray, seed: int = 0) -> dict:
         "mae_ci95": [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))],
         "abs_error_quantiles": {
             q: float(np.quantile(abs_err, float(q) / 100)) for q in ("50", "90", "95")
-        },  # fmt: skip
+        },
         "cohort_mae_upper95": cohort,
         "bootstrap": {"resamples": BOOTSTRAP, "seed": seed},
     }
 
 
-def measure_export(bundle_dir: Path, exported: Path, frame: pd.DataFrame) -> dict:
-    """Score `frame` with both bundles; the exported model's metrics + the precision loss."""
-    full = _scored(score_frame(open_model(bundle_dir), frame[["path", "id", "sex"]]), frame)
-    comp = _scored(score_frame(open_model(exported), frame[["path", "id", "sex"]]), frame)
+def measure_export(bundle_dir: Path, exported: Path, cands: list[Candidate]) -> dict:
+    """Score `cands` with both bundles; the exported model's metrics + the precision loss."""
+    full = _scored(score_in_shards(open_model(bundle_dir), cands))
+    comp = _scored(score_in_shards(open_model(exported), cands))
     ok = comp[(comp["status"] == "ok") & comp["pred_months"].notna()]
     if ok.empty:
         raise ValueError("the exported bundle scored none of the check images")
     metrics = compute_metrics(ok, EvaluateConfig())
     metrics.update(error_statement((ok["pred_months"] - ok["true_months"]).abs().to_numpy()))
-    metrics["n_input"] = int(len(frame))
-    metrics["n_not_scored"] = int(len(frame) - len(ok))
+    metrics["n_input"] = len(cands)
+    metrics["n_not_scored"] = len(cands) - len(ok)
     both = full.merge(comp, on="id", suffixes=("_full", "_export"))
     both = both[both["pred_months_full"].notna() & both["pred_months_export"].notna()]
     delta = (both["pred_months_export"] - both["pred_months_full"]).abs()
@@ -191,16 +195,17 @@ def export_bundle(
         ),
         "source_weights_mb": round(
             sum((Path(bundle_dir) / c / "model.pt").stat().st_size for c in COMPONENTS) / 1e6, 2
-        ),  # fmt: skip
+        ),
         "bundle_mb": round(_size_mb(out), 2),
         "command": command,
         "exported_on": f"{platform.system()} {platform.machine()}, {_device()}",
         "components": {c: _component(out / c) for c in COMPONENTS},
     }
     if ingest is not None:
-        frame = check_frame(ingest, cohort, max_images=check_max)
-        card.update(measure_export(bundle_dir, out, frame))
-        card["split"] = _split_counts(ingest)
+        manifest = pd.read_parquet(Path(ingest) / "manifest.parquet")
+        cands = check_candidates(manifest, cohort, max_images=check_max)
+        card.update(measure_export(bundle_dir, out, cands))
+        card["split"] = _split_counts(manifest)
     if evaluation is not None:
         card["evaluation_full_precision"] = json.loads(
             (Path(evaluation) / "metrics.json").read_text()
@@ -231,8 +236,7 @@ def _component(d: Path) -> dict:
     return out
 
 
-def _split_counts(ingest: Path) -> dict:
-    man = pd.read_parquet(Path(ingest) / "manifest.parquet")
+def _split_counts(man: pd.DataFrame) -> dict:
     out = {}
     order = {"train": 0, "val": 1, "test": 2}
     for split in sorted(man["split"].astype(str).unique(), key=lambda s: (order.get(s, 3), s)):
@@ -244,6 +248,6 @@ def _split_counts(ingest: Path) -> dict:
             "boneage_months_range": [
                 float(g["boneage_months"].min()),
                 float(g["boneage_months"].max()),
-            ],  # fmt: skip
+            ],
         }
     return out

@@ -52,7 +52,7 @@ def _metrics_section(card: dict) -> list[str]:
         "",
         "MAE by sex: "
         + ", ".join(f"{s} {_f(v['mae'])} (n={v['n']})" for s, v in m["mae_by_sex"].items())
-        + ".",  # fmt: skip
+        + ".",
         "MAE by bone-age band: "
         + ", ".join(f"{b} {_f(v['mae'])} (n={v['n']})" for b, v in m["mae_by_age_band"].items())
         + ".",

@@ -592,9 +592,15 @@ def candidates_from_frame(df: pd.DataFrame) -> list[Candidate]:
 def score_frame(opened: OpenedModel, df: pd.DataFrame, work: Path | None = None) -> pd.DataFrame:
     """Score a DataFrame of image paths (see `candidates_from_frame`) in memory-bounded
     shards; returns the prediction rows in input order."""
+    return score_in_shards(opened, candidates_from_frame(df), work)
+
+
+def score_in_shards(opened: OpenedModel, cands: list[Candidate], work: Path | None = None
+                    ) -> pd.DataFrame:  # fmt: skip
+    """Score candidates in shards of params score.shard_size (memory-bounded), in a
+    scratch dir (`work`, else a temporary one); the rows in input order."""
     import tempfile
 
-    cands = candidates_from_frame(df)
     size = opened.bundle.params.score.shard_size
     with tempfile.TemporaryDirectory(prefix="boneage-score-") as tmp:
         base = Path(work or tmp)

@@ -377,11 +377,16 @@ def compact_state(state: dict[str, torch.Tensor], precision: str) -> dict:
     return {_COMPACT_KEY: f"{precision}/1", "index": index, "data": data}
 
 
+def compact_format(obj: dict) -> str | None:
+    """'int8/1' / 'fp16/1' for a loaded compacted model.pt, None for a plain state dict."""
+    return str(obj[_COMPACT_KEY]) if _COMPACT_KEY in obj else None
+
+
 def expand_state(obj: dict, source: Path | str = "model.pt") -> dict[str, torch.Tensor]:
     """The fp32 state dict of a plain or compacted (`compact_state`) model.pt."""
-    if _COMPACT_KEY not in obj:
+    fmt = compact_format(obj)
+    if fmt is None:
         return obj
-    fmt = obj[_COMPACT_KEY]
     if fmt not in ("fp16/1", "int8/1"):
         raise ValueError(f"{source}: weights format {fmt!r} is not one this boneage reads "
                          "(fp16/1, int8/1)")  # fmt: skip
@@ -400,8 +405,8 @@ def expand_state(obj: dict, source: Path | str = "model.pt") -> dict[str, torch.
 
 def weights_precision(model_pt: Path) -> str:
     """fp32, fp16 or int8: how a model.pt stores its weights."""
-    obj = torch.load(model_pt, map_location="cpu", weights_only=True)
-    return str(obj[_COMPACT_KEY]).split("/")[0] if _COMPACT_KEY in obj else "fp32"
+    fmt = compact_format(torch.load(model_pt, map_location="cpu", weights_only=True))
+    return fmt.split("/")[0] if fmt else "fp32"
 
 
 def _version(pkg: str) -> str | None:
