@@ -31,6 +31,7 @@ from boneage.models import AgeNet
 from boneage.tracking import Tracker
 from boneage.training import (
     TensorData,
+    checkpoint_path,
     fit,
     fit_metrics,
     save_model,
@@ -162,7 +163,8 @@ def train_aggregator(
     with tracker.run("boneage-aggregator", f"aggregator-{name}", {"regions": name}):
         tracker.log_params({**acfg.model_dump(), "n_train": len(train), "n_val": len(val),
                             "n_excluded": len(excluded)})  # fmt: skip
-        result = fit(model, train, val, tcfg, acfg.augment, tracker, progress)
+        result = fit(model, train, val, tcfg, acfg.augment, tracker, progress,
+                     checkpoint=checkpoint_path(out_dir))  # fmt: skip
         metrics = {
             "regions": name,
             **fit_metrics(result, train, val),
@@ -184,4 +186,5 @@ def train_aggregator(
         tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)})
         for f in ("config.json", "metrics.json", "history.csv", "excluded.csv"):
             tracker.log_artifact(out_dir / f)
+        checkpoint_path(out_dir).unlink(missing_ok=True)
     return metrics

@@ -95,6 +95,11 @@ class ModelConfig(Strict):
 
 
 class TrainConfig(Strict):
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_bool(cls, v: Any) -> Any:
+        return {True: "auto", False: "fp32"}.get(v, v) if isinstance(v, bool) else v
+
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(64, ge=1)
@@ -107,9 +112,14 @@ class TrainConfig(Strict):
     max_val_images: int | None = Field(None, ge=1)
     sigma: float = Field(15.0, gt=0)  # Gaussian label distribution width (months)
     lam: float = Field(0.5, ge=0)  # weight of KL(G || p) next to |y - E[p]|
+    # exponential moving average of the weights (decay per step; 0 = off): the averaged
+    # weights are validated, kept and saved
+    ema: float = Field(0.0, ge=0, lt=1)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    channels_last: bool = True  # on CUDA
+    # bf16 autocast: auto = on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), fp32
+    # elsewhere; bf16 = always; fp32 = never (true/false: auto/fp32, as older configs say)
+    amp: str = Field("auto", pattern="^(auto|bf16|fp32)$")
+    channels_last: bool = True  # NHWC memory format (faster convolutions on CUDA and CPU)
     compile: bool = False  # torch.compile the model (CUDA)
     threads: int = Field(0, ge=0)  # torch CPU threads, 0 = library default
     # CUDA: keep the whole uint8 training set on the GPU when it takes at most this share
@@ -183,6 +193,19 @@ class AttendStageConfig(Strict):
     # boxes on the true region 70 % → 82 % (CAMs were drawn to background and to the edges
     # of the erased R1 rectangle).
     cam_mask: str = Field("none", pattern="^(none|foreground)$")
+    # Foreground threshold for `refine`/`cam_mask`: this fraction of the way from the
+    # background level (5th percentile) up to Otsu's threshold. 1 = Otsu's; lower keeps
+    # thin soft tissue (fingertips, thumb) that Otsu's threshold cuts off (hand boxes on
+    # annotated RSNA images: see docs/localization.md).
+    fg_level: float = Field(1.0, gt=0, le=1)
+    # Anatomical prior: the CAM is weighted by a Gaussian centred on the `prior` box, SDs
+    # prior_sigma × its width/height (null = no weighting), before thresholding: the CAM
+    # picks the place, the prior keeps it on the right part of the view (chosen on
+    # annotated RSNA images, never trained on them: docs/localization.md).
+    prior_sigma: float | None = Field(None, gt=0)
+    # Smallest box (before margin) as fractions of the view's width/height; a CAM
+    # component smaller than that is grown about its centre (null = no minimum).
+    min_size: tuple[float, float] | None = None
 
 
 class AttendConfig(Strict):

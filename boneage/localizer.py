@@ -23,6 +23,7 @@ from boneage.models import AgeNet
 from boneage.tracking import Tracker
 from boneage.training import (
     TensorData,
+    checkpoint_path,
     fit,
     fit_metrics,
     save_model,
@@ -139,7 +140,7 @@ def train_localizer(
         tracker.log_params(run_params)
         result = fit(
             model, train, val, tcfg, lcfg.augment, tracker, progress,
-            hide=(scfg.hide_grid, scfg.hide_p),
+            hide=(scfg.hide_grid, scfg.hide_p), checkpoint=checkpoint_path(out_dir),
         )  # fmt: skip
         metrics = {"stage": stage, **fit_metrics(result, train, val)}
         if not is_main():  # DDP: rank 0 writes the checkpoint and the files
@@ -157,4 +158,5 @@ def train_localizer(
         tracker.log_artifact(out_dir / "config.json")
         tracker.log_artifact(out_dir / "metrics.json")
         tracker.log_artifact(out_dir / "history.csv")
+        checkpoint_path(out_dir).unlink(missing_ok=True)
     return metrics

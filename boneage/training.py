@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import math
 import platform
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -30,6 +32,14 @@ from boneage.config import AugmentConfig, ModelConfig, TrainConfig
 from boneage.ldl import expectation, ldl_loss
 from boneage.models import AgeNet
 from boneage.tracking import Tracker
+
+
+def checkpoint_path(out_dir: Path) -> Path:
+    """Where training into `out_dir` keeps its per-epoch resume file: beside the model
+    dir, not in it (DVC empties a stage's outputs before re-running it; the checkpoint
+    must outlive that). Removed once the model is saved."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / ".checkpoints" / f"{out_dir.name}.pt"
 
 
 @dataclass
@@ -83,15 +93,51 @@ def sex_code(values) -> np.ndarray:
     return np.array([{"M": 1.0, "F": 0.0}.get(str(v), 0.5) for v in values], dtype=np.float32)
 
 
-def _autocast(device: torch.device, enabled: bool):
-    if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+@functools.cache
+def cpu_native_bf16() -> bool:
+    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16): bf16 autocast
+    then speeds up convolutions and matmuls. Elsewhere bf16 would be emulated (slower than
+    fp32), so `amp: auto` stays fp32 there."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
 
 
-def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+def use_bf16(device: torch.device, amp: str | bool) -> bool:
+    """Whether forward passes on `device` run under bf16 autocast for setting `amp`
+    (auto: CUDA, or a CPU with native bf16; bf16: always; fp32: never)."""
+    amp = normalize_amp(amp)
+    if amp == "fp32":
+        return False
+    if amp == "bf16" or device.type == "cuda":
+        return True
+    return device.type == "cpu" and cpu_native_bf16()
+
+
+def normalize_amp(amp: str | bool) -> str:
+    """'auto' | 'bf16' | 'fp32' (True → 'auto', False → 'fp32', as older configs said)."""
+    if amp is True:
+        return "auto"
+    if amp is False:
+        return "fp32"
+    if amp not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"amp {amp!r}: expected auto, bf16 or fp32")
+    return amp
+
+
+def autocast(device: torch.device, amp: str | bool):
+    """bf16 autocast where `use_bf16` says so, else a no-op context."""
+    if use_bf16(device, amp):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_input(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """uint8 images [B, C, H, W] → floats in [0, 1] on `device` (channels_last if asked)."""
     x = x.to(device, non_blocking=True).float().div_(255.0)
-    if channels_last and device.type == "cuda":
+    if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
 
@@ -99,15 +145,15 @@ def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> to
 @torch.no_grad()
 def predict(
     model: AgeNet, data: TensorData, device: torch.device, batch_size: int = 64,
-    amp: bool = True, channels_last: bool = True,
+    amp: str | bool = "auto", channels_last: bool = True,
 ) -> torch.Tensor:  # fmt: skip
     """Age distributions [N, K] (float32, on CPU) for every image of `data`."""
     model.eval()
     out = []
     for i in range(0, len(data), batch_size):
-        xb = _to_device(data.x[i : i + batch_size], device, channels_last)
+        xb = to_input(data.x[i : i + batch_size], device, channels_last)
         sb = data.sex[i : i + batch_size].to(device)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(xb, sb)
         out.append(torch.softmax(logits.float(), dim=1).cpu())
     return torch.cat(out) if out else torch.empty(0, model.cfg.k)
@@ -123,7 +169,7 @@ def train_step(
 ) -> tuple[torch.Tensor, dict]:  # fmt: skip
     """One optimizer step on a batch already on the device: forward (bf16 autocast on
     CUDA), label-distribution loss, backward, step. Returns (loss, its parts)."""
-    with _autocast(device, cfg.amp):
+    with autocast(device, cfg.amp):
         logits = model(xb, sb)
     loss, parts = ldl_loss(logits.float(), yb, cfg.sigma, cfg.lam)
     opt.zero_grad(set_to_none=True)
@@ -142,8 +188,18 @@ def fit(
     progress: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
     hide: tuple[int, float] = (0, 0.0),
+    checkpoint: Path | None = None,
 ) -> FitResult:
-    """Train with early stopping on val MAE; leaves the BEST weights loaded in `model`."""
+    """Train with early stopping on val MAE; leaves the BEST weights loaded in `model`.
+
+    With `cfg.ema` > 0 the weights validated, kept as best and left in `model` are an
+    exponential moving average of the trained weights (decay `cfg.ema`).
+
+    `checkpoint`: a file written after every epoch (model, optimizer, schedule, EMA, random
+    generators, early-stopping state). If it exists when `fit` starts and was written for
+    the same settings and data sizes, training continues after its last finished epoch and
+    ends exactly as an uninterrupted run would (same order, augmentation and dropout
+    draws). The caller removes it once the result is saved."""
     seed_everything(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -151,7 +207,7 @@ def fit(
     rank, world = distributed.rank(), distributed.world_size()
     progress = progress and rank == 0
     model.to(device)
-    if cfg.channels_last and device.type == "cuda":
+    if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     step_model = model
     if world > 1:
@@ -161,6 +217,7 @@ def fit(
             model, device_ids=[device.index] if device.type == "cuda" else None)  # fmt: skip
     if cfg.compile and device.type == "cuda":
         step_model = torch.compile(step_model)
+    ema = _ema_model(model, cfg.ema)
     gen = torch.Generator().manual_seed(cfg.seed)
     # single process: one generator for order and augmentation (bitwise as before); DDP:
     # the order from the shared seed, augmentation per rank
@@ -178,14 +235,24 @@ def fit(
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     x_src = _training_images(train.x, device, cfg.data_on_device_max_frac)
-    best, best_epoch, bad = math.inf, -1, 0
-    best_state = copy.deepcopy(model.state_dict())
-    history: list[dict] = []
-    t_start = time.perf_counter()
-    seen = 0
-    train_time = 0.0
+    evaluated = ema.module if ema is not None else model
+    state = {"epoch": 0, "best": math.inf, "best_epoch": -1, "bad": 0, "history": [],
+             "seen": 0, "train_time": 0.0, "best_state": None}  # fmt: skip
+    fingerprint = _fit_fingerprint(cfg, train, val, aug, hide)
+    if checkpoint is not None and Path(checkpoint).is_file():
+        state = _resume(checkpoint, fingerprint, model, opt, sched, ema, gen, aug_gen, state)
+        if progress and state["epoch"]:
+            print(f"resuming from {checkpoint} after epoch {state['epoch']}", file=sys.stderr)
+    best_state = state["best_state"] or copy.deepcopy(evaluated.state_dict())
+    history: list[dict] = state["history"]
+    t_start = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
+    seen, train_time = state["seen"], state["train_time"]
+    best, best_epoch, bad = state["best"], state["best_epoch"], state["bad"]
     last_epoch_indices: list[int] = []
-    for epoch in range(cfg.epochs):
+    stopped = bad >= cfg.patience
+    for epoch in range(state["epoch"], cfg.epochs):
+        if stopped:
+            break
         model.train()
         perm = torch.randperm(len(train), generator=gen)[rank::world]
         last_epoch_indices = perm.tolist()
@@ -198,7 +265,7 @@ def fit(
                 idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
                 if len(idx) == 0:
                     break
-                xb = _to_device(x_src[idx.to(x_src.device)], device, cfg.channels_last)
+                xb = to_input(x_src[idx.to(x_src.device)], device, cfg.channels_last)
                 yb = train.age[idx].to(device)
                 sb = train.sex[idx].to(device)
                 if aug is not None:
@@ -206,6 +273,8 @@ def fit(
                 xb = hide_patches(xb, hide[0], hide[1], aug_gen)
                 loss, parts = train_step(step_model, opt, xb, yb, sb, cfg, device)
                 sched.step()
+                if ema is not None:
+                    ema.update_parameters(model)
                 n = len(idx)
                 seen += n
                 sums["loss"] += float(loss.detach()) * n
@@ -216,7 +285,8 @@ def fit(
             torch.cuda.synchronize()
         train_time += time.perf_counter() - t0
         val_mine = _shard(val, rank, world)
-        p_val = predict(model, val_mine, device, cfg.eval_batch_size, cfg.amp, cfg.channels_last)
+        p_val = predict(evaluated, val_mine, device, cfg.eval_batch_size, cfg.amp,
+                        cfg.channels_last)  # fmt: skip
         err = float((expectation(p_val) - val_mine.age).abs().sum()) if len(val_mine) else 0.0
         tot = distributed.all_sum([err, len(val_mine), sums["loss"], sums["mae"], sums["kl"]],
                                   device)  # fmt: skip
@@ -242,11 +312,15 @@ def fit(
                   file=sys.stderr)  # fmt: skip
         if val_mae < best:
             best, best_epoch, bad = val_mae, epoch + 1, 0
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(evaluated.state_dict())
         else:
             bad += 1
-            if bad >= cfg.patience:
-                break
+            stopped = bad >= cfg.patience
+        if checkpoint is not None and rank == 0:
+            _save_checkpoint(checkpoint, fingerprint, epoch + 1, model, opt, sched, ema, gen,
+                             aug_gen, best=best, best_epoch=best_epoch, bad=bad,
+                             history=history, seen=seen, train_time=train_time,
+                             best_state=best_state)  # fmt: skip
     model.load_state_dict(best_state)
     return FitResult(
         best_val_mae=best,
@@ -258,6 +332,63 @@ def fit(
         samples_seen=seen,
         last_epoch_indices=last_epoch_indices,
     )
+
+
+def _ema_model(model: torch.nn.Module, decay: float):
+    """An exponential moving average of `model`'s weights (buffers averaged too), or None."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def _fit_fingerprint(cfg: TrainConfig, train: TensorData, val: TensorData, aug, hide) -> str:
+    """What a checkpoint must have been written for to be resumed: the training settings,
+    augmentation, hiding and the data (sizes and ids)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for part in (cfg.model_dump_json(), aug.model_dump_json() if aug is not None else "none",
+                 json.dumps(list(hide)), "\x1f".join(train.ids), "\x1f".join(val.ids),
+                 str(tuple(train.x.shape))):  # fmt: skip
+        h.update(part.encode())
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def _save_checkpoint(path: Path, fingerprint: str, epoch: int, model, opt, sched, ema, gen,
+                     aug_gen, **state) -> None:  # fmt: skip
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    obj = {
+        "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
+        "opt": opt.state_dict(), "sched": sched.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,
+        "gen": gen.get_state(), "aug_gen": aug_gen.get_state(),
+        "torch_rng": torch.get_rng_state(), **state,
+    }  # fmt: skip
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)  # atomic: a kill mid-write leaves the previous epoch's checkpoint
+
+
+def _resume(path, fingerprint, model, opt, sched, ema, gen, aug_gen, state) -> dict:
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    if obj.get("fingerprint") != fingerprint:
+        print(f"{path}: written for other settings or data; starting afresh", file=sys.stderr)
+        return state
+    model.load_state_dict(obj["model"])
+    opt.load_state_dict(obj["opt"])
+    sched.load_state_dict(obj["sched"])
+    if ema is not None and obj["ema"] is not None:
+        ema.load_state_dict(obj["ema"])
+    gen.set_state(obj["gen"])
+    if aug_gen is not gen:
+        aug_gen.set_state(obj["aug_gen"])
+    torch.set_rng_state(obj["torch_rng"])
+    keys = ("best", "best_epoch", "bad", "history", "seen", "train_time", "best_state")
+    return {"epoch": obj["epoch"], **{k: obj[k] for k in keys}}
 
 
 def _training_images(x: torch.Tensor, device: torch.device, max_frac: float) -> torch.Tensor:
