@@ -82,10 +82,14 @@ def cam_to_box(cam: np.ndarray, cfg: AttendStageConfig, prior_in_input: Box) -> 
     return CamBox(box, "ok", float(mask.mean()), _mass(cam, box, total))
 
 
-def foreground_mask(view: np.ndarray, valid: Box) -> np.ndarray | None:
-    """The radiograph's foreground in a network input view: Otsu threshold of the lightly
+def foreground_mask(view: np.ndarray, valid: Box, level: float = 1.0) -> np.ndarray | None:
+    """The radiograph's foreground in a network input view: a threshold of the lightly
     smoothed view inside `valid` (the part that is image, not letterbox padding), opened
-    once to cut thin bridges to markers. None when the view has no contrast."""
+    once to cut thin bridges to markers. None when the view has no contrast.
+
+    The threshold lies `level` of the way from the background level (5th percentile) up
+    to Otsu's threshold: 1 is Otsu's (bone and dense tissue), lower values take in the
+    thin soft tissue of fingertips and thumb that Otsu's threshold cuts off."""
     from skimage.filters import threshold_otsu
 
     h, w = view.shape
@@ -96,19 +100,23 @@ def foreground_mask(view: np.ndarray, valid: Box) -> np.ndarray | None:
     sm = ndimage.gaussian_filter(view[y0:y1, x0:x1].astype(np.float32), 1.0)
     if float(sm.max() - sm.min()) < 1.0:
         return None
+    t = float(threshold_otsu(sm))
+    if level != 1.0:
+        lo = float(np.percentile(sm, 5))
+        t = lo + level * (t - lo)
     out = np.zeros(view.shape, dtype=bool)
-    out[y0:y1, x0:x1] = ndimage.binary_opening(sm > threshold_otsu(sm), iterations=1)
+    out[y0:y1, x0:x1] = ndimage.binary_opening(sm > t, iterations=1)
     return out
 
 
 def refine_foreground(
-    view: np.ndarray, cam: np.ndarray, valid: Box, min_object: float = 0.05
+    view: np.ndarray, cam: np.ndarray, valid: Box, min_object: float = 0.05, level: float = 1.0
 ) -> Box | None:
     """The box of the foreground component (see `foreground_mask`) holding the most CAM
     mass (cam: any non-negative weight map, same shape as view), or None. Components
     smaller than `min_object` of the valid area are never chosen: a hand fills a good part
     of a hand radiograph, a side marker or a bright film-edge strip does not."""
-    fg = foreground_mask(view, valid)
+    fg = foreground_mask(view, valid, level)
     if fg is None:
         return None
     labels, n = ndimage.label(fg)
@@ -126,15 +134,39 @@ def refine_foreground(
     return (float(sl[1].start), float(sl[0].start), float(sl[1].stop), float(sl[0].stop))
 
 
-def mask_to_foreground(cam: np.ndarray, view: np.ndarray, valid: Box, grow: int = 3) -> np.ndarray:
+def mask_to_foreground(
+    cam: np.ndarray, view: np.ndarray, valid: Box, grow: int = 3, level: float = 1.0
+) -> np.ndarray:
     """The CAM with everything off the (slightly grown) foreground set to 0, renormalised
     to [0, 1]; unchanged when the view has no usable foreground."""
-    fg = foreground_mask(view, valid)
+    fg = foreground_mask(view, valid, level)
     if fg is None or not fg.any():
         return cam
     masked = cam * ndimage.binary_dilation(fg, iterations=grow)
     peak = float(masked.max())
     return masked / peak if peak > 0 else cam
+
+
+def weight_by_prior(cam: np.ndarray, prior: Box, sigma: float) -> np.ndarray:
+    """The CAM times a Gaussian window centred on the prior box (input pixels) with SDs of
+    `sigma` × the box's width and height, renormalised to [0, 1]: an anatomical prior on
+    where a region lies in its view, the CAM still choosing the place within it."""
+    h, w = cam.shape
+    cx, cy = (prior[0] + prior[2]) / 2, (prior[1] + prior[3]) / 2
+    sx = max(1e-6, sigma * (prior[2] - prior[0]))
+    sy = max(1e-6, sigma * (prior[3] - prior[1]))
+    gx = np.exp(-0.5 * ((np.arange(w) + 0.5 - cx) / sx) ** 2)
+    gy = np.exp(-0.5 * ((np.arange(h) + 0.5 - cy) / sy) ** 2)
+    weighted = cam * gy[:, None] * gx[None, :]
+    peak = float(weighted.max())
+    return weighted / peak if peak > 0 else cam
+
+
+def grow_to(b: Box, min_w: float, min_h: float) -> Box:
+    """Box `b` grown about its centre to at least min_w × min_h."""
+    cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+    hw, hh = max(b[2] - b[0], min_w) / 2, max(b[3] - b[1], min_h) / 2
+    return (cx - hw, cy - hh, cx + hw, cy + hh)
 
 
 def _mass(cam: np.ndarray, b: Box, total: float) -> float:
@@ -360,8 +392,13 @@ def _process_one(
     prior_input = to_view.inverse().box(_rel_box(scfg.prior, vw, vh))
     valid = to_view.inverse().box((0.0, 0.0, vw, vh))
     if scfg.cam_mask == "foreground":
-        cam = mask_to_foreground(cam, view, valid)
+        cam = mask_to_foreground(cam, view, valid, level=scfg.fg_level)
+    if scfg.prior_sigma:
+        cam = weight_by_prior(cam, prior_input, scfg.prior_sigma)
     cb = cam_to_box(cam, scfg, prior_input)
+    if scfg.min_size is not None and cb.status == "ok":
+        cb.box = grow_to(cb.box, scfg.min_size[0] * (valid[2] - valid[0]),
+                         scfg.min_size[1] * (valid[3] - valid[1]))  # fmt: skip
     ow, oh = float(manifest_row["orig_width"]), float(manifest_row["orig_height"])
     cam_box = clip(input_to_orig.box(cb.box), ow, oh)
     net_box, status = cb.box, cb.status
@@ -371,7 +408,7 @@ def _process_one(
             seed = np.zeros_like(cam)
             px0, py0 = max(0, int(prior_input[0])), max(0, int(prior_input[1]))
             seed[py0 : int(np.ceil(prior_input[3])), px0 : int(np.ceil(prior_input[2]))] = 1.0
-        refined = refine_foreground(view, seed, valid)
+        refined = refine_foreground(view, seed, valid, level=scfg.fg_level)
         if refined is not None:
             net_box = refined
             status = "ok" if cam.any() else status

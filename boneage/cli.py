@@ -314,12 +314,28 @@ def review_montage(
 
 @app.command("check-regions")
 def check_regions(
-    truth: Annotated[Path, typer.Option(help="ground-truth boxes.csv (demo cohort)")],
+    truth: Annotated[
+        Path | None, typer.Option(help="ground-truth boxes.csv (the synthetic demo cohort)")
+    ] = None,
+    annotations: Annotated[
+        Path | None,
+        typer.Option(help="manual RSNA ROI annotations folder (rsna-roi-annotations)"),
+    ] = None,
     attend_root: Annotated[Path, typer.Option("--attend-root")] = Path("data/processed/attend"),
-    out: Annotated[Path | None, typer.Option(help="write the result JSON here")] = None,
-    split: Annotated[list[str] | None, typer.Option(help="splits to score [test]")] = None,
+    ingest_dir: IngestDirOpt = Path("data/interim/ingest"),
+    out: Annotated[
+        Path | None,
+        typer.Option(help="--truth: result JSON; --annotations: output folder (CSV, JSON, PNG)"),
+    ] = None,
+    split: Annotated[list[str] | None, typer.Option(help="--truth: splits to score [test]")] = None,
 ) -> None:
-    """Score hand/R1/R2 boxes against ground truth (the synthetic demo's boxes.csv)."""
+    """Score hand/R1/R2 boxes against ground truth: the synthetic demo's boxes.csv
+    (--truth) or manual annotations of real RSNA radiographs (--annotations)."""
+    if (truth is None) == (annotations is None):
+        _fail("give exactly one of --truth (demo boxes.csv) or --annotations (RSNA folder)")
+    if annotations is not None:
+        _check_annotations(annotations, attend_root, ingest_dir, out)
+        return
     from boneage.localization_eval import acceptance, evaluate_localization
 
     if not truth.is_file():
@@ -335,6 +351,23 @@ def check_regions(
     for name, r in result["acceptance"].items():
         obs = "n/a" if r["observed"] is None else f"{100 * r['observed']:.0f}%"
         typer.echo(f"  {name:<34} {obs:>5}  (goal >= {100 * r['goal']:.0f}%)")
+
+
+def _check_annotations(ann: Path, attend_root: Path, ingest_dir: Path, out: Path | None) -> None:
+    from boneage.roi_eval import check_against_annotations
+
+    out = out or Path("data/reports/localization_rsna")
+    try:
+        s = check_against_annotations(attend_root, ann, ingest_dir / "store", out)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    if s["skipped"]:
+        typer.echo(f"localization vs RSNA annotations: skipped ({s['note']}) -> {out}")
+        return
+    typer.echo(f"localization vs RSNA annotations ({s['n_images']} annotated images) -> {out}")
+    for name, g in s["goals"].items():
+        obs = "n/a" if g["observed"] is None else f"{g['observed']:.2f}"
+        typer.echo(f"  {name:<28} {obs:>6}  (goal {g['goal']}: {'met' if g['met'] else 'NOT met'})")
 
 
 @app.command()
