@@ -59,7 +59,7 @@ step bundle boneage bundle --models-root models --aggregator "models/ablation/$B
 step export boneage export --bundle models/bundle --out export/rsna299 --weights int8 \
   --ingest ingest --cohort "$PACK" --evaluation "reports/ablation/$BEST" \
   --ablation reports/ablation.json \
-  --data-card "$HERE/benchmarks/rsna_data_card.md" \
+  --data-card "$HERE/profiles/rsna_data_card.md" \
   --command "${REF_COMMAND:-python benchmarks/pack_rsna.py && bash benchmarks/rsna_full_gpu.sh}" \
   --title "boneage rsna299 reference model" --use-path models/rsna299 \
   ${REF_STATUS:+--status "$REF_STATUS"}

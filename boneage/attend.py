@@ -43,7 +43,7 @@ from boneage.imageio import encode_png
 from boneage.ldl import expectation
 from boneage.localizer import STAGES, StagePaths, check_stage, read_manifest
 from boneage.store import ImageStore, StoreWriter
-from boneage.training import load_model, resolve_device, sex_code
+from boneage.training import autocast, load_model, resolve_device, sex_code, to_input
 from boneage.views import iter_view_shards
 
 MONTAGE_MAX = 48  # overlays.png is written only up to this many overlays
@@ -253,6 +253,7 @@ def attend(
     scfg = acfg.stage(stage)
     device = resolve_device(acfg.device)
     model, meta = loaded if loaded is not None else load_model(model_dir, device)
+    model.to(memory_format=torch.channels_last)
     if meta.get("stage") != stage:
         raise ValueError(f"{model_dir} is the {meta.get('stage')!r} localizer, not {stage!r}")
     train_size, window = int(meta["img_size"]), meta["cam_window"]
@@ -283,9 +284,9 @@ def attend(
     for shard in iter_view_shards(paths.input_store(stage), size, wanted):
         for i in range(0, len(shard.ids), acfg.batch_size):
             ids = shard.ids[i : i + acfg.batch_size]
-            xb = torch.from_numpy(shard.x[i : i + acfg.batch_size]).unsqueeze(1)
-            xb = xb.to(device).float().div_(255.0)
-            with torch.no_grad():
+            xb = to_input(torch.from_numpy(shard.x[i : i + acfg.batch_size]).unsqueeze(1),
+                          device, channels_last=True)  # fmt: skip
+            with torch.no_grad(), autocast(device, acfg.amp):
                 sex = torch.from_numpy(sex_code(to_orig.m.loc[ids, "sex"])).to(device)
                 if size == train_size:
                     logits, feats = model(xb, sex, return_features=True)
@@ -294,6 +295,7 @@ def attend(
                                           antialias=True, align_corners=False)  # fmt: skip
                     logits = model(small, sex)
                     feats = model.feature_maps(xb)
+            with torch.no_grad():
                 cams, peaks = model.cam(feats, logits, window, (size, size))
                 ages = expectation(torch.softmax(logits.float(), 1))
             cams_np, peaks_np, ages_np = cams.cpu().numpy(), peaks.cpu().numpy(), ages.cpu().numpy()

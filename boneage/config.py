@@ -211,6 +211,9 @@ class AttendStageConfig(Strict):
 class AttendConfig(Strict):
     batch_size: int = Field(32, ge=1)
     device: str = "auto"
+    # CAM passes under bf16 autocast: auto = CUDA or a CPU with native bf16 (see
+    # TrainConfig.amp); fp32 = never
+    amp: str = Field("auto", pattern="^(auto|bf16|fp32)$")
     overlays_per_split: int = Field(8, ge=0)
     png_store: bool = True  # also write every crop as a PNG file for review
     hand: AttendStageConfig = AttendStageConfig(tau=0.25, margin=0.08, crop_size=512)

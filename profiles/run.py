@@ -1,0 +1,217 @@
+"""Run the whole pipeline on a real cohort with a params profile, resumably.
+
+    python profiles/run.py PROFILE.yaml --work DIR --cohort IMAGES --labels CSV
+        [--holdout CSV] [--annotations DIR] [--until STEP] [--no-track]
+        [--export-title T --export-status S] [--data-card MD]
+
+The same `boneage` commands the DVC stages run (ingest → validate → hand/r1/r2 localizers
+and attend → localization check → aggregator → evaluate → calibrate → carpal head →
+ablation → bundle of the row with the lowest VALIDATION MAE → export with model card),
+with every path under DIR. Used for the full-set CPU profile, the GPU job and its CPU
+rehearsal (it needs no DVC, so it runs where DVC is not installed).
+
+Resuming: a step that finished leaves DIR/.steps/STEP.json (its time and a key: the
+profile's bytes, its command and the keys of the steps before it). Run the same command
+again after an interruption and finished steps are skipped; a training step continues
+from its last finished epoch (per-epoch checkpoints, boneage.training.fit). Changing the
+profile re-runs from the first step whose key changed. DIR/timings.tsv lists the steps'
+wall times (of the run that did them); `--until STEP` stops after STEP.
+
+`--holdout CSV`: ids (first column) left out of the cohort, e.g. the 12 RSNA ids whose
+full-resolution originals must stay unseen; the labels are rewritten to DIR/labels.csv
+without them and ingest reads only the files that CSV names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def steps(a: argparse.Namespace, work: Path) -> list[tuple[str, list[str]]]:
+    """(name, boneage argv) in pipeline order."""
+    p = ["--params", str(a.profile)]
+    loc = ["--ingest", "ingest", "--attend-root", "attend"]
+    track = ["--no-track"] if a.no_track else []
+    out: list[tuple[str, list[str]]] = [
+        ("ingest", ["ingest", "--cohort", str(a.cohort), "--labels", str(labels_path(a, work)),
+                    "--out", "ingest", "--summary", "reports/ingest_summary.json",
+                    "--no-progress", *p]),
+        ("validate", ["validate", "--manifest", "ingest/manifest.parquet", "--rejected",
+                      "ingest/rejected.parquet", "--out", "reports/validation", *p]),
+    ]  # fmt: skip
+    for s in ("hand", "r1", "r2"):
+        out += [
+            (f"localizer_{s}", ["train-localizer", "--stage", s, *loc, "--out",
+                                f"models/localizer_{s}", "--metrics",
+                                f"reports/localizer_{s}.json", "--no-progress", *track, *p]),
+            (f"attend_{s}", ["attend", "--stage", s, *loc, "--model", f"models/localizer_{s}",
+                             "--reports", f"reports/attend/{s}", "--no-progress", *p]),
+        ]  # fmt: skip
+    if a.annotations:
+        out.append(("localization", ["check-regions", "--annotations", str(a.annotations),
+                                     "--attend-root", "attend", "--ingest", "ingest",
+                                     "--out", "reports/localization_rsna"]))  # fmt: skip
+    out += [
+        ("aggregator", ["train-aggregator", *loc, "--out", "models/aggregator", "--metrics",
+                        "reports/aggregator.json", "--no-progress", *track, *p]),
+        ("evaluate", ["evaluate", *loc, "--model", "models/aggregator", "--out",
+                      "reports/evaluate", *p]),
+        ("carpal", ["train-aggregator", "--carpal", *loc, "--out", "models/carpal",
+                    "--no-progress", *track, *p]),
+        ("ablation", ["ablation", *loc, "--models-root", "models", "--reports", "reports",
+                      "--resume", *p]),
+    ]  # fmt: skip
+    return out
+
+
+def final_steps(a: argparse.Namespace, best: str) -> list[tuple[str, list[str]]]:
+    p = ["--params", str(a.profile)]
+    export = ["export", "--bundle", "models/bundle", "--out", "export/rsna299", "--weights",
+              a.weights, "--ingest", "ingest", "--cohort", str(a.cohort), "--evaluation",
+              f"reports/ablation/{best}", "--ablation", "reports/ablation.json",
+              "--command", a.command or " ".join(sys.argv), "--title", a.export_title,
+              "--use-path", "models/rsna299"]  # fmt: skip
+    if a.data_card:
+        export += ["--data-card", str(a.data_card)]
+    if a.export_status:
+        export += ["--status", a.export_status]
+    bundle = ["bundle", "--models-root", "models", "--aggregator", f"models/ablation/{best}",
+              "--out", "models/bundle", *p]  # fmt: skip
+    return [("bundle", bundle), ("export", export)]
+
+
+def labels_path(a: argparse.Namespace, work: Path) -> Path:
+    return work / "labels.csv" if a.holdout else Path(a.labels)
+
+
+def write_labels(a: argparse.Namespace, work: Path) -> None:
+    """DIR/labels.csv: the labels without the holdout ids (none: the labels as given)."""
+    if not a.holdout:
+        return
+    with open(a.holdout, newline="") as f:
+        held = {row[0] for i, row in enumerate(csv.reader(f)) if i and row}
+    with open(a.labels, newline="") as f, open(work / "labels.csv", "w", newline="") as g:
+        r, w = csv.reader(f), csv.writer(g)
+        w.writerow(next(r))
+        kept = [row for row in r if row and row[0] not in held]
+        w.writerows(kept)
+    print(f"labels: {len(kept)} rows, {len(held)} holdout ids left out -> {work / 'labels.csv'}")
+
+
+def reuse_aggregator(work: Path) -> None:
+    """The aggregator just trained and evaluated is the ablation row of its region set:
+    copied there, so `ablation --resume` reuses it (it checks the budget is the same)
+    instead of training the same model twice."""
+    cfg = work / "models" / "aggregator" / "config.json"
+    if not cfg.is_file():
+        return
+    name = "+".join(json.loads(cfg.read_text())["regions"])
+    for src, dst in (("models/aggregator", f"models/ablation/{name}"),
+                     ("reports/evaluate", f"reports/ablation/{name}")):  # fmt: skip
+        shutil.rmtree(work / dst, ignore_errors=True)
+        shutil.copytree(work / src, work / dst)
+
+
+def best_row(work: Path) -> str:
+    rows = json.loads((work / "reports" / "ablation.json").read_text())["rows"]
+    return min(rows, key=lambda r: r["val_mae"])["regions"].replace(" ", "_")
+
+
+class Steps:
+    """Done-markers, keys and timings of a work dir."""
+
+    def __init__(self, work: Path, profile: Path):
+        self.dir = work / ".steps"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.key = hashlib.sha256(profile.read_bytes()).hexdigest()
+        self.work = work
+
+    def run(self, name: str, argv: list[str]) -> None:
+        self.key = hashlib.sha256((self.key + "\x1f" + "\x1f".join(argv)).encode()).hexdigest()
+        marker = self.dir / f"{name}.json"
+        if marker.is_file() and json.loads(marker.read_text()).get("key") == self.key:
+            print(f"== {name}: done before, skipped", flush=True)
+            return
+        marker.unlink(missing_ok=True)
+        print(f"== {name}: boneage {' '.join(argv)}", flush=True)
+        t0 = time.perf_counter()
+        rc = subprocess.call([sys.executable, "-m", "boneage.cli", *argv], cwd=self.work)
+        seconds = time.perf_counter() - t0
+        if rc != 0:
+            raise SystemExit(f"step {name} failed (exit {rc}); fix and re-run to resume")
+        info = {"key": self.key, "seconds": round(seconds, 1),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
+        marker.write_text(json.dumps(info) + "\n")
+        self.write_timings()
+        print(f"== {name}: {seconds:.1f} s", flush=True)
+
+    def write_timings(self) -> None:
+        rows = []
+        for f in sorted(self.dir.glob("*.json"), key=lambda f: f.stat().st_mtime):
+            rows.append((f.stem, json.loads(f.read_text())["seconds"]))
+        total = sum(s for _, s in rows)
+        lines = [f"{n}\t{s:.1f} s" for n, s in rows] + [f"total\t{total:.1f} s"]
+        (self.work / "timings.tsv").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("profile", type=Path)
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--cohort", type=Path, required=True)
+    ap.add_argument("--labels", type=Path, required=True)
+    ap.add_argument("--holdout", type=Path, help="CSV whose first column lists ids to leave out")
+    ap.add_argument("--annotations", type=Path, help="RSNA ROI annotations (localization step)")
+    ap.add_argument("--until", help="stop after this step")
+    ap.add_argument("--no-track", action="store_true", help="no MLflow tracking")
+    ap.add_argument("--weights", default="int8", help="export weights: int8 | fp16 | fp32")
+    ap.add_argument("--export-title", default="boneage rsna299 reference model")
+    ap.add_argument("--export-status", default=None)
+    ap.add_argument("--data-card", type=Path, default=REPO / "profiles" / "rsna_data_card.md")
+    ap.add_argument("--command", default=None, help="the command the model card quotes")
+    a = ap.parse_args()
+    for name in ("profile", "cohort", "labels", "holdout", "annotations", "data_card"):
+        v = getattr(a, name)
+        if v is not None:
+            setattr(a, name, v.resolve())
+    work = a.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
+    if a.no_track:
+        print("MLflow tracking is off (--no-track): metrics go to the reports/ files only")
+    write_labels(a, work)
+    done = Steps(work, a.profile)
+    plan = steps(a, work)
+    names = [n for n, _ in plan] + ["bundle", "export"]
+    if a.until and a.until not in names:
+        raise SystemExit(f"--until {a.until}: not a step ({', '.join(names)})")
+    for name, argv in plan:
+        if name == "ablation":
+            reuse_aggregator(work)
+        done.run(name, argv)
+        if name == a.until:
+            return
+    best = best_row(work)
+    print(f"reference: ablation row {best} (lowest validation MAE)")
+    for name, argv in final_steps(a, best):
+        done.run(name, argv)
+        if name == a.until:
+            return
+    for f in ("reports/ablation.md", "timings.tsv"):
+        print((work / f).read_text())
+    print(f"export: {work / 'export' / 'rsna299'}")
+
+
+if __name__ == "__main__":
+    main()
