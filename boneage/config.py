@@ -260,6 +260,28 @@ class EvaluateConfig(Strict):
     age_bands_years: tuple[float, ...] = (0, 5, 10, 15, 20)  # MAE by band [a, b)
 
 
+class CalibrateConfig(Strict):
+    """Calibration fitted on the validation split (boneage.calibration)."""
+
+    levels: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)  # nominal central interval levels
+    folds: int = Field(5, ge=2)  # cross-validation folds within the validation split
+    seed: int = 0
+    # low_confidence: calibrated SD above its this-quantile on validation
+    low_confidence_quantile: float = Field(0.9, gt=0, lt=1)
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v or any(not 0 < q < 1 for q in v):
+            raise ValueError(f"levels must lie strictly between 0 and 1, got {v}")
+        return v
+
+
+class LocalizationConfig(Strict):
+    # folder of manual RSNA ROI annotations (boneage.roi_eval); only measured against
+    annotations: str = "../shared/data/rsna-roi-annotations"
+
+
 class AblationConfig(Strict):
     # region sets trained and evaluated with the aggregator's budget (params aggregator)
     configs: tuple[tuple[str, ...], ...] = (
@@ -334,6 +356,8 @@ class Params(Strict):
     attend: AttendConfig = AttendConfig()
     aggregator: AggregatorConfig = AggregatorConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    calibrate: CalibrateConfig = CalibrateConfig()
+    localization: LocalizationConfig = LocalizationConfig()
     ablation: AblationConfig = AblationConfig()
     carpal: CarpalConfig = CarpalConfig()
     score: ScoreConfig = ScoreConfig()

@@ -102,8 +102,12 @@ def evaluate(
     model_dir: Path,
     out_dir: Path,
     tracker: Tracker | None = None,
+    calibration: dict | None = None,
 ) -> dict:
-    """Evaluate the aggregator in model_dir on the test split; see the module docstring."""
+    """Evaluate the aggregator in model_dir on the test split; see the module docstring.
+    `calibration`: the aggregator's fitted calibration (boneage.calibration); metrics then
+    also report the calibrated estimates and intervals ('calibrated') beside the raw ones,
+    and plots/reliability.png compares their coverage with the nominal levels."""
     cfg = params.evaluate
     device = resolve_device(params.aggregator.train.device)
     model, meta = load_model(model_dir, device)
@@ -114,11 +118,14 @@ def evaluate(
     data, excluded = load_region_data(paths, manifest, regions, int(meta["img_size"]))
     sex_of = manifest.set_index("id")["sex"]
     frames = []
+    raw_levels = None
     for split in ("train", "val", "test"):
         d = data[split]
         p = predict(model, d, device)
         frames.append(predictions_frame(d.ids, [split] * len(d), [str(sex_of[i]) for i in d.ids],
                                         d.age.numpy(), p, cfg.interval))  # fmt: skip
+        if split == "test" and calibration is not None:
+            raw_levels = _raw_intervals(p, calibration)
     if len(excluded):
         ex = excluded.assign(
             sex=[str(sex_of[i]) for i in excluded["id"]],
@@ -138,11 +145,17 @@ def evaluate(
     metrics["regions"] = region_name(regions)
     metrics["n_test_excluded"] = int(((preds["split"] == "test")
                                       & (preds["status"] == "excluded")).sum())  # fmt: skip
+    if calibration is not None:
+        preds = add_calibrated(preds, calibration, cfg.interval)
+        test = preds[(preds["split"] == "test") & (preds["status"] == "ok")]
+        metrics["calibrated"] = calibrated_metrics(test, raw_levels, calibration, cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     preds.to_parquet(out_dir / "predictions.parquet", index=False)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_plots(test, metrics, cfg, out_dir / "plots")
+    if calibration is not None:
+        write_reliability(metrics["calibrated"], out_dir / "plots")
     tracker = tracker or Tracker(enabled=False)
     with tracker.run("boneage-aggregator", f"evaluate-{metrics['regions']}",
                      {"regions": metrics["regions"], "kind": "evaluate",
@@ -153,6 +166,122 @@ def evaluate(
         tracker.log_artifact(out_dir / "predictions.parquet")
         tracker.log_artifact(out_dir / "plots", "plots")
     return metrics
+
+
+def _raw_intervals(p: torch.Tensor, cal: dict) -> dict[str, np.ndarray]:
+    """The uncalibrated central intervals of the predicted distributions at the
+    calibration's levels: {'lo_q': ..., 'hi_q': ...}."""
+    out = {}
+    for q in cal["interval"]["scales"]:
+        lq = (1 - float(q)) / 2
+        b = distribution_quantiles(p, [lq, 1 - lq]).numpy() if len(p) else np.zeros((0, 2))
+        out[f"lo_{q}"], out[f"hi_{q}"] = b[:, 0], b[:, 1]
+    return out
+
+
+def add_calibrated(preds: pd.DataFrame, cal: dict, level: float) -> pd.DataFrame:
+    """Calibrated columns for the rows with a prediction: estimate, SD, the central
+    interval at `level` (when fitted), low_confidence, the calibration version."""
+    from boneage.calibration import apply
+
+    ok = preds["status"] == "ok"
+    out = apply(cal, preds.loc[ok, "pred_months"].to_numpy(), preds.loc[ok, "sd_months"].to_numpy())
+    preds = preds.copy()
+    preds.loc[ok, "cal_pred_months"] = out["estimate"]
+    preds.loc[ok, "cal_sd_months"] = out["sd"]
+    key = next((q for q in cal["interval"]["scales"] if abs(float(q) - level) < 1e-9), None)
+    if key is not None:
+        preds.loc[ok, "cal_lo_months"] = out[f"lo_{key}"]
+        preds.loc[ok, "cal_hi_months"] = out[f"hi_{key}"]
+    preds.loc[ok, "low_confidence"] = out["low_confidence"]
+    preds["calibration"] = cal["version"]
+    return preds
+
+
+def calibrated_metrics(test: pd.DataFrame, raw: dict, cal: dict, cfg: EvaluateConfig) -> dict:
+    """Test-split figures before and after calibration: MAE, bias, coverage and mean width
+    of each nominal central interval (overall, by sex, by age band), and the MAE of images
+    flagged low_confidence vs the others."""
+    from boneage.calibration import apply
+
+    t = test["true_months"].to_numpy(float)
+    out_cal = apply(cal, test["pred_months"].to_numpy(), test["sd_months"].to_numpy())
+    edges = [e * 12 for e in cfg.age_bands_years]
+    groups = {"all": np.ones(len(t), bool)}
+    for s in sorted(test["sex"].unique()):
+        groups[f"sex {s}"] = (test["sex"] == s).to_numpy()
+    for label, lo, hi in zip(band_labels(cfg.age_bands_years), edges[:-1], edges[1:], strict=True):
+        groups[label] = (t >= lo) & ((t <= hi) if hi == edges[-1] else (t < hi))
+
+    def cover(lo_, hi_):
+        res = {}
+        for g, sel in groups.items():
+            if sel.any():
+                res[g] = {"n": int(sel.sum()),
+                          "coverage": float(np.mean((t[sel] >= lo_[sel]) & (t[sel] <= hi_[sel]))),
+                          "mean_width_months": float(np.mean(hi_[sel] - lo_[sel]))}  # fmt: skip
+        return res
+
+    levels = list(cal["interval"]["scales"])
+    before, after = {}, {}
+    for q in levels:
+        before[q] = cover(raw[f"lo_{q}"], raw[f"hi_{q}"])
+        after[q] = cover(out_cal[f"lo_{q}"], out_cal[f"hi_{q}"])
+    raw_err = test["pred_months"].to_numpy(float) - t
+    cal_err = out_cal["estimate"] - t
+    flagged = out_cal["low_confidence"]
+    return {
+        "version": cal["version"],
+        "bias_correction": cal["bias"]["kind"],
+        "interval_method": cal["interval"]["method"],
+        "mae_before": float(np.mean(np.abs(raw_err))),
+        "mae_after": float(np.mean(np.abs(cal_err))),
+        "bias_before": float(np.mean(raw_err)),
+        "bias_after": float(np.mean(cal_err)),
+        "intervals_before": before,
+        "intervals_after": after,
+        "low_confidence": {
+            "sd_threshold_months": cal["low_confidence"]["sd_months"],
+            "n_flagged": int(flagged.sum()),
+            "mae_flagged": float(np.mean(np.abs(cal_err[flagged]))) if flagged.any() else None,
+            "mae_unflagged": float(np.mean(np.abs(cal_err[~flagged]))) if (~flagged).any()
+            else None,
+        },
+    }  # fmt: skip
+
+
+def write_reliability(cm: dict, plot_dir: Path) -> None:
+    """Nominal vs observed coverage of the central intervals, before and after
+    calibration (plots/reliability.png and .csv)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = sorted(cm["intervals_after"], key=float)
+    rows = [{"nominal": float(q), "observed_raw": cm["intervals_before"][q]["all"]["coverage"],
+             "observed_calibrated": cm["intervals_after"][q]["all"]["coverage"],
+             "width_raw_months": cm["intervals_before"][q]["all"]["mean_width_months"],
+             "width_calibrated_months": cm["intervals_after"][q]["all"]["mean_width_months"]}
+            for q in levels]  # fmt: skip
+    df = pd.DataFrame(rows)
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    df.to_csv(plot_dir / "reliability.csv", index=False)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect")
+    ax.plot(df["nominal"], df["observed_raw"], "o-", label="predicted distribution (raw)")
+    ax.plot(df["nominal"], df["observed_calibrated"], "s-",
+            label=f"calibrated ({cm['version']})")  # fmt: skip
+    for r in df.itertuples():
+        ax.annotate(f"{r.width_calibrated_months:.0f} mo", (r.nominal, r.observed_calibrated),
+                    textcoords="offset points", xytext=(4, -10), fontsize=7)  # fmt: skip
+    ax.set(xlabel="nominal coverage of the central interval",
+           ylabel="observed coverage (test split)", xlim=(0.4, 1), ylim=(0.4, 1.01),
+           title="Reliability of the intervals")  # fmt: skip
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(plot_dir / "reliability.png", dpi=110)
+    plt.close(fig)
 
 
 def _flat_numbers(d: dict, prefix: str) -> dict[str, float]:
