@@ -247,6 +247,10 @@ def evaluate(
     attend_root: AttendRootOpt = Path("data/processed/attend"),
     model: Annotated[Path, typer.Option(help="aggregator dir")] = Path("data/models/aggregator"),
     out: Annotated[Path, typer.Option(help="report dir")] = Path("data/reports/evaluate"),
+    calibration: Annotated[
+        Path | None,
+        typer.Option(help="calibration.json (boneage calibrate): also report calibrated figures"),
+    ] = None,
     params: ParamsOpt = DEFAULT_PARAMS,
     track: Annotated[bool, typer.Option(help="log to MLflow")] = True,
 ) -> None:
@@ -256,7 +260,8 @@ def evaluate(
 
     p = _params(params)
     try:
-        m = run(p, _stage_paths(ingest_dir, attend_root), model, out, Tracker(track))
+        cal = _aggregator_calibration(calibration, model) if calibration else None
+        m = run(p, _stage_paths(ingest_dir, attend_root), model, out, Tracker(track), cal)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(
@@ -265,6 +270,65 @@ def evaluate(
         f"coverage {100 * m['coverage']:.0f}% (train-mean predictor: "
         f"{m['mae_predict_train_mean']:.2f}) -> {out}"
     )
+    if "calibrated" in m:
+        c = m["calibrated"]
+        cov = c["intervals_after"]
+        typer.echo(
+            f"calibrated ({c['version']}): MAE {c['mae_after']:.2f}, bias {c['bias_after']:+.2f}; "
+            + ", ".join(
+                f"{float(q):.0%} interval covers {cov[q]['all']['coverage']:.0%}" for q in cov
+            )  # fmt: skip
+        )
+
+
+def _aggregator_calibration(path: Path, model: Path) -> dict:
+    """The aggregator's calibration from a calibration.json, checked to be for `model`."""
+    from boneage.calibration import load
+
+    doc = load(path)
+    cal = doc.get("models", {}).get("aggregator")
+    if cal is None:
+        raise ValueError(f"{path}: no calibration for the aggregator")
+    from boneage.fingerprint import file_hash
+
+    fitted = cal["fitted_on"].get("model_sha256")
+    if fitted and fitted != file_hash(Path(model) / "model.pt"):
+        raise ValueError(f"{path}: fitted for the aggregator in "
+                         f"{cal['fitted_on'].get('model_dir')}, not for {model}")  # fmt: skip
+    return cal
+
+
+@app.command()
+def calibrate(
+    ingest_dir: IngestDirOpt = Path("data/interim/ingest"),
+    attend_root: AttendRootOpt = Path("data/processed/attend"),
+    aggregator: Annotated[Path, typer.Option(help="aggregator dir")] = Path(
+        "data/models/aggregator"
+    ),
+    carpal: Annotated[Path | None, typer.Option(help="carpal head dir")] = Path(
+        "data/models/carpal"
+    ),
+    out: Annotated[Path, typer.Option(help="output dir")] = Path("data/models/calibration"),
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """Fit bias correction, calibrated intervals and the low-confidence threshold on the
+    VALIDATION split, for the aggregator and the carpal head (calibration.json)."""
+    from boneage.calibration import calibrate_models
+
+    p = _params(params)
+    dirs = {"aggregator": aggregator, **({"carpal": carpal} if carpal else {})}
+    try:
+        doc = calibrate_models(p, _stage_paths(ingest_dir, attend_root), dirs, out)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    for name, c in doc["models"].items():
+        s = c["interval"]["scales"]
+        typer.echo(
+            f"calibration {name} {c['version']} on {c['fitted_on']['n']} val images: bias "
+            f"{c['bias']['kind']}, intervals {c['interval']['method']} "
+            f"(90%: x{float(s.get('0.9', float('nan'))):.2f}), low_confidence SD > "
+            f"{c['low_confidence']['sd_months']:.1f} months -> {out}"
+        )
 
 
 @app.command()
@@ -382,10 +446,14 @@ def bundle(
             help="aggregator dir to use instead of MODELS_ROOT/aggregator (e.g. an ablation row's)"
         ),
     ] = None,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(help="calibration.json fitted for this aggregator and carpal head"),
+    ] = None,
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
-    """Package the three localizers, the aggregator and the carpal head + params into one
-    bundle directory (what `register` logs and `score --model PATH` loads)."""
+    """Package the three localizers, the aggregator and the carpal head + params (+ their
+    calibration) into one bundle directory (what `register` logs and `score` loads)."""
     from boneage.score import build_bundle, bundle_model_dirs
 
     p = _params(params)
@@ -393,7 +461,7 @@ def bundle(
     if aggregator is not None:
         dirs["aggregator"] = aggregator
     try:
-        b = build_bundle(p, dirs, out, p.registry.model_name)
+        b = build_bundle(p, dirs, out, p.registry.model_name, calibration)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(f"bundle {b.meta['name']} ({'+'.join(b.meta['regions'])}) -> {out}")

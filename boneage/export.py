@@ -30,7 +30,13 @@ from boneage.cohort import Candidate
 from boneage.config import EvaluateConfig
 from boneage.evaluate import compute_metrics
 from boneage.fingerprint import file_hash
-from boneage.score import COMPONENTS, load_bundle, open_model, score_in_shards
+from boneage.score import (
+    CALIBRATION_FILE,
+    COMPONENTS,
+    load_bundle,
+    open_model,
+    score_in_shards,
+)
 from boneage.training import compact_format, compact_state
 
 CARD_FORMAT = "boneage-model-card/1"
@@ -57,6 +63,8 @@ def write_compact_bundle(bundle_dir: Path, out: Path, precision: str) -> dict:
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     shutil.copy2(src.root / "params.yaml", tmp / "params.yaml")
+    if (src.root / CALIBRATION_FILE).is_file():  # fitted on the full-precision model
+        shutil.copy2(src.root / CALIBRATION_FILE, tmp / CALIBRATION_FILE)
     for c in COMPONENTS:
         (tmp / c).mkdir()
         for f in ("config.json", "metrics.json"):

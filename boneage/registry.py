@@ -54,18 +54,15 @@ def _signature():
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, Schema
 
-    from boneage.score import PREDICTION_COLUMNS
+    from boneage.score import FLOAT_COLUMNS, PREDICTION_COLUMNS
 
-    floats = {"boneage_months", "boneage_years", "sd_months", "p05_months", "p95_months",
-              "carpal_boneage_months", "chronological_age_months", "ba_minus_ca_months", "sds",
-              "reference_boneage_months"}  # fmt: skip
     inputs = Schema([
         ColSpec("string", "path"),
         ColSpec("string", "id", required=False),
         ColSpec("string", "sex", required=False),
         ColSpec("double", "chronological_age_months", required=False),
     ])  # fmt: skip
-    outputs = Schema([ColSpec("double" if c in floats else "string", c, required=False)
+    outputs = Schema([ColSpec("double" if c in FLOAT_COLUMNS else "string", c, required=False)
                       for c in PREDICTION_COLUMNS])  # fmt: skip
     return ModelSignature(inputs=inputs, outputs=outputs)
 

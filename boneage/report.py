@@ -95,7 +95,29 @@ def _cell(v) -> str:
     return html.escape(str(v))
 
 
-def write_report(preds: pd.DataFrame, summary: dict, out: Path, max_thumbnails: int = 200) -> Path:
+def _reliability(ref: pd.DataFrame, cal: dict) -> str:
+    """Nominal vs observed coverage of the calibrated intervals on the labelled images."""
+    from boneage.calibration import half_width_from_calibrated_sd
+
+    levels = sorted(float(q) for q in cal["interval"]["scales"])
+    err = (ref["boneage_months"] - ref["reference_boneage_months"]).abs().to_numpy()
+    obs = [float((err <= half_width_from_calibrated_sd(cal, q, ref["sd_months"])).mean())
+           for q in levels]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    ax.plot(levels, obs, "s-")
+    for q, o in zip(levels, obs, strict=True):
+        ax.annotate(f"{o:.0%}", (q, o), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set(xlim=(0.4, 1), ylim=(0.4, 1.01), xlabel="nominal coverage of the interval",
+           ylabel=f"observed (n={len(ref)} labelled)")  # fmt: skip
+    return _png_uri(fig)
+
+
+def write_report(
+    preds: pd.DataFrame, summary: dict, out: Path, max_thumbnails: int = 200,
+    calibration: dict | None = None,
+) -> Path:  # fmt: skip
+    """`calibration`: the bundle's aggregator calibration (None: uncalibrated, warned)."""
     out = Path(out)
     e = html.escape
     ok = preds[preds["status"] == "ok"]
@@ -108,6 +130,8 @@ def write_report(preds: pd.DataFrame, summary: dict, out: Path, max_thumbnails: 
         f"<tr><td>images</td><td id='n-images'>{summary['n']}</td></tr>",
         f"<tr><td>scored</td><td id='n-ok'>{summary['n_ok']}</td></tr>",
         f"<tr><td>errors (QC reject / failed)</td><td>{summary['n_error']}</td></tr>",
+        f"<tr><td>calibration</td><td id='calibration'>"
+        f"{e(str(summary.get('calibration', 'none')))}</td></tr>",
     ]
     if "mae_vs_reference_months" in summary:
         parts.append(f"<tr><td>MAE vs reference labels</td><td>"
@@ -116,14 +140,29 @@ def write_report(preds: pd.DataFrame, summary: dict, out: Path, max_thumbnails: 
     for f, n in summary.get("flags", {}).items():
         parts.append(f"<tr><td>flag {e(f)}</td><td>{n}</td></tr>")
     parts.append("</table>")
+    if calibration is None:
+        parts.append(
+            "<p class='note' id='calibration-warning'><b>Warning: this model carries no "
+            "calibration.</b> Estimates are not bias-corrected and the SD and p05–p95 interval "
+            "are the raw spread of the predicted distribution, which need not cover what it "
+            "says (rebuild the bundle with <code>boneage calibrate</code>).</p>")  # fmt: skip
+        spread = "SD and p05–p95 (90% interval) come from that distribution"
+    else:
+        spread = (f"estimates are bias-corrected and SD and p05–p95 (90% interval) calibrated "
+                  f"on the validation split (calibration {e(calibration['version'])}, "
+                  f"{e(calibration['interval']['method'])} intervals)")  # fmt: skip
     parts.append(
-        "<p class='note'>Bone age is the expectation of the predicted age distribution; SD and "
-        "p05–p95 (90% interval) come from that distribution. SDS = (BA − CA) / SD of bone age "
+        f"<p class='note'>Bone age is the expectation of the predicted age distribution; {spread}"
+        ". SDS = (BA − CA) / SD of bone age "
         f"at that chronological age and sex in the reference {e(REFERENCE_ID)} (Greulich &amp; "
         "Pyle 1959, Brush Foundation); the reference table was entered by hand and must be "
         "checked against the atlas before clinical use. Carpal BA comes from the carpal region "
         "(R1) alone. This software is a research tool, not a medical device.</p>")  # fmt: skip
     plots = _plots(ok)
+    labelled = ok[ok["reference_boneage_months"].notna()]
+    if calibration is not None and len(labelled):
+        rel = _reliability(labelled, calibration)
+        plots.append(("Reliability of the calibrated intervals", rel))
     if plots:
         parts.append("<h2>Plots</h2><div class='thumbs'>")
         for name, uri in plots:

@@ -43,6 +43,7 @@ import torch
 import yaml
 from PIL import Image, ImageDraw
 
+from boneage import calibration
 from boneage.aggregator import missing_reason, region_arrays
 from boneage.attend import attend
 from boneage.cohort import Candidate, Rejected, discover, parse_sex
@@ -62,14 +63,26 @@ BUNDLE_FORMAT = "boneage-bundle/1"
 BUNDLE_PARAM_SECTIONS = ("ingest", "localizer", "attend", "aggregator", "carpal", "score",
                          "registry")  # fmt: skip
 COMPONENTS = ("localizer_hand", "localizer_r1", "localizer_r2", "aggregator", "carpal")
+CALIBRATION_FILE = "calibration.json"
+# the boxes scoring used, in pixels of the input image as given (empty where a stage fell
+# back to its prior box or failed)
+BOX_COLUMNS = [f"{s}_{k}" for s in ("hand", "r1", "r2") for k in ("x0", "y0", "x1", "y1")]
 PREDICTION_COLUMNS = [
     "id", "source", "status", "error", "sex_used", "sex_source",
     "boneage_months", "boneage_years", "sd_months", "p05_months", "p95_months",
     "carpal_boneage_months", "chronological_age_months", "chronological_age_source",
     "ba_minus_ca_months", "sds", "sds_reference", "flags",
     "hand_status", "r1_status", "r2_status", "reference_boneage_months",
-    "model_name", "model_version",
+    "model_name", "model_version", "calibration",
+    "image_width", "image_height", *BOX_COLUMNS,
 ]  # fmt: skip
+
+
+FLOAT_COLUMNS = frozenset({
+    "boneage_months", "boneage_years", "sd_months", "p05_months", "p95_months",
+    "carpal_boneage_months", "chronological_age_months", "ba_minus_ca_months", "sds",
+    "reference_boneage_months", "image_width", "image_height", *BOX_COLUMNS,
+})  # fmt: skip
 
 
 class ScoreError(RuntimeError):
@@ -88,14 +101,32 @@ class Bundle:
     def component(self, name: str) -> Path:
         return self.root / name
 
+    @property
+    def calibration(self) -> dict | None:
+        """{'aggregator': cal, 'carpal': cal} fitted on validation (boneage.calibration),
+        or None for a bundle built without one (scored uncalibrated, with a warning)."""
+        f = self.root / CALIBRATION_FILE
+        if not self.meta.get("calibration") or not f.is_file():
+            return None
+        from boneage.calibration import load
+
+        try:
+            return load(f)["models"]
+        except ValueError as exc:
+            raise ScoreError(str(exc)) from None
+
 
 def bundle_model_dirs(models_root: Path) -> dict[str, Path]:
     """The component directories of a pipeline's models root (data/models layout)."""
     return {c: Path(models_root) / c for c in COMPONENTS}
 
 
-def build_bundle(params: Params, model_dirs: dict[str, Path], out: Path, name: str) -> Bundle:
-    """Copy the five trained models + params into a self-contained bundle directory."""
+def build_bundle(
+    params: Params, model_dirs: dict[str, Path], out: Path, name: str,
+    calibration: Path | None = None,
+) -> Bundle:  # fmt: skip
+    """Copy the five trained models + params (+ the calibration fitted for this aggregator
+    and carpal head, `boneage calibrate`) into a self-contained bundle directory."""
     missing = [c for c in COMPONENTS if c not in model_dirs]
     if missing:
         raise ValueError(f"bundle needs models for {', '.join(missing)}")
@@ -129,8 +160,26 @@ def build_bundle(params: Params, model_dirs: dict[str, Path], out: Path, name: s
         "params_sha256": params_hash(Params.model_validate(dumped)),
         "weights_sha256": {c: file_hash(out / c / "model.pt") for c in COMPONENTS},
     }
+    if calibration is not None:
+        meta["calibration"] = _bundle_calibration(Path(calibration), model_dirs, out)
     (out / "bundle.json").write_text(json.dumps(meta, indent=2) + "\n")
     return load_bundle(out)
+
+
+def _bundle_calibration(path: Path, model_dirs: dict[str, Path], out: Path) -> dict:
+    """Copy a calibration.json into the bundle after checking it was fitted for the
+    bundle's aggregator and carpal head (their weights' hashes)."""
+    from boneage.calibration import load
+
+    doc = load(path)
+    for comp, cal in doc["models"].items():
+        want = cal["fitted_on"].get("model_sha256")
+        if comp not in COMPONENTS or want != file_hash(Path(model_dirs[comp]) / "model.pt"):
+            raise ValueError(f"{path}: its {comp} calibration was fitted for another model "
+                             f"({cal['fitted_on'].get('model_dir')})")  # fmt: skip
+    shutil.copy2(path, out / CALIBRATION_FILE)
+    return {"file": CALIBRATION_FILE, "sha256": file_hash(out / CALIBRATION_FILE),
+            "versions": {c: cal["version"] for c, cal in doc["models"].items()}}  # fmt: skip
 
 
 def load_bundle(root: Path) -> Bundle:
@@ -147,6 +196,15 @@ def load_bundle(root: Path) -> Bundle:
         if not (root / c / "model.pt").is_file():
             raise ScoreError(f"{root / c}: model.pt missing from the bundle")
     return Bundle(root, meta, load_params(root / "params.yaml"))
+
+
+def calibration_version(bundle: Bundle) -> str:
+    """What predictions say about calibration: 'aggregator cal-… / carpal cal-…', or
+    'none' for a bundle without one (estimates and intervals are then uncalibrated)."""
+    versions = (bundle.meta.get("calibration") or {}).get("versions")
+    if not versions:
+        return "none"
+    return " / ".join(f"{c} {v}" for c, v in sorted(versions.items()))
 
 
 def params_hash(params: Params) -> str:
@@ -213,19 +271,29 @@ def _scoring_params(bundle: Bundle, stage: str = "hand") -> Params:
 
 def _distribution_outputs(
     opened: OpenedModel, comp: str, paths: StagePaths, ids: list[str], sex: dict[str, str],
-    device: torch.device,
+    device: torch.device, low_confidence_sd: float,
 ) -> tuple[dict, dict]:  # fmt: skip
-    """({id: (mean, sd, p05, p95)} for ids having the model's regions, {id: missing})."""
+    """({id: (mean, sd, p05, p95, low_confidence)} for ids having the model's regions,
+    {id: missing}). With the bundle's calibration for `comp`: the bias-corrected estimate,
+    calibrated SD, calibrated 90 % interval and its low-confidence threshold; without:
+    the distribution's mean, SD, 5th/95th percentiles and SD > `low_confidence_sd`."""
     model, meta = opened.network(comp, device)
     keep, x, missing = region_arrays(paths, ids, tuple(meta["regions"]), int(meta["img_size"]))
-    out: dict[str, tuple[float, float, float, float]] = {}
+    out: dict[str, tuple[float, float, float, float, bool]] = {}
     if keep:
         data = TensorData(keep, torch.from_numpy(x), torch.full((len(keep),), float("nan")),
                           torch.from_numpy(sex_code([sex[i] for i in keep])))  # fmt: skip
         p = predict(model, data, device)
         mean, sd = expectation(p).numpy(), distribution_sd(p).numpy()
-        q = distribution_quantiles(p, [0.05, 0.95]).numpy()
-        out = {i: (float(mean[k]), float(sd[k]), float(q[k, 0]), float(q[k, 1]))
+        cal = (opened.bundle.calibration or {}).get(comp)
+        if cal is None:
+            q = distribution_quantiles(p, [0.05, 0.95]).numpy()
+            lo, hi, low = q[:, 0], q[:, 1], sd > low_confidence_sd
+        else:
+            c = calibration.apply(cal, mean, sd)
+            lo, hi = calibration.interval(cal, 0.9, mean, sd)
+            mean, sd, low = c["estimate"], c["sd"], c["low_confidence"]
+        out = {i: (float(mean[k]), float(sd[k]), float(lo[k]), float(hi[k]), bool(low[k]))
                for k, i in enumerate(keep)}  # fmt: skip
     return out, missing
 
@@ -260,17 +328,20 @@ def score_candidates(
     m = manifest.set_index("id")
     ids = list(manifest["id"])
     sex = {i: str(m.at[i, "sex"]) for i in ids}
+    low_sd = scfg.low_confidence_sd_months
     main, missing = ({}, {}) if not ids else _distribution_outputs(
-        opened, "aggregator", paths, ids, sex, device)  # fmt: skip
+        opened, "aggregator", paths, ids, sex, device, low_sd)  # fmt: skip
     carpal, _ = ({}, {}) if not ids else _distribution_outputs(
-        opened, "carpal", paths, ids, sex, device)  # fmt: skip
+        opened, "carpal", paths, ids, sex, device, low_sd)  # fmt: skip
+    cal_version = calibration_version(bundle)
     lo, hi = bundle.meta["train_age_range_months"]
     store = ImageStore(paths.store) if len(manifest) else None  # one reader for the overlays
     rows = []
     for c in candidates:
         row = dict.fromkeys(PREDICTION_COLUMNS)
         row.update(id=c.id, source=c.source, model_name=opened.name,
-                   model_version=opened.version, sds_reference=REFERENCE_ID, flags="")  # fmt: skip
+                   model_version=opened.version, sds_reference=REFERENCE_ID, flags="",
+                   calibration=cal_version)  # fmt: skip
         if c.boneage_months is not None:
             row["reference_boneage_months"] = c.boneage_months
         if c.id not in m.index:
@@ -283,10 +354,13 @@ def score_candidates(
         mr = m.loc[c.id]
         flags = []
         stage_status = {}
+        row.update(image_width=mr["orig_width"], image_height=mr["orig_height"])
         for stage in STAGES:
             st = regions[stage].loc[c.id]
             stage_status[stage] = st["status"]
             row[f"{stage}_status"] = st["status"]
+            if st["status"] not in ("error", "fallback_prior"):
+                row.update({f"{stage}_{k}": st[k] for k in ("x0", "y0", "x1", "y1")})
             if st["status"] in ("fallback_prior", "cam_only"):
                 flags.append(f"localization_{st['status']}:{stage}")
         sex_used = str(mr["sex"])
@@ -306,7 +380,7 @@ def score_candidates(
             row.update(status="error", error=why, flags=";".join(flags + ["qc_reject"]))
             rows.append(row)
             continue
-        mean, sd, p05, p95 = main[c.id]
+        mean, sd, p05, p95, low_confidence = main[c.id]
         row.update(status="ok", boneage_months=mean, boneage_years=mean / 12.0, sd_months=sd,
                    p05_months=p05, p95_months=p95)  # fmt: skip
         if c.id in carpal:
@@ -319,7 +393,7 @@ def score_candidates(
                 flags.append(f"abs_sds_gt_{scfg.sds_flag:g}")
         if not lo <= mean <= hi or (ca is not None and not lo <= ca <= hi):
             flags.append("outside_training_range")
-        if sd > scfg.low_confidence_sd_months:
+        if low_confidence:
             flags.append("low_confidence")
         row["flags"] = ";".join(flags)
         if overlays_dir is not None and scfg.overlays:
@@ -330,11 +404,8 @@ def score_candidates(
 
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:
-    floats = ["boneage_months", "boneage_years", "sd_months", "p05_months", "p95_months",
-              "carpal_boneage_months", "chronological_age_months", "ba_minus_ca_months", "sds",
-              "reference_boneage_months"]  # fmt: skip
     for col in PREDICTION_COLUMNS:
-        if col in floats:
+        if col in FLOAT_COLUMNS:
             df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
         else:
             df[col] = df[col].astype("string")
@@ -517,7 +588,8 @@ def finish_scoring(opened: OpenedModel, out: Path, shard_results: list[dict],
     _atomic_text(json.dumps(summary, indent=2) + "\n", out / "summary.json")
     from boneage.report import write_report
 
-    write_report(preds, summary, out, max_thumbnails=opened.bundle.params.score.report_thumbnails)
+    write_report(preds, summary, out, max_thumbnails=opened.bundle.params.score.report_thumbnails,
+                 calibration=(opened.bundle.calibration or {}).get("aggregator"))  # fmt: skip
     return summary
 
 
@@ -552,7 +624,7 @@ def summarize(preds: pd.DataFrame, opened: OpenedModel) -> dict:
         "model": opened.name, "model_version": opened.version, "n": len(preds),
         "n_ok": len(ok), "n_error": int((preds["status"] == "error").sum()),
         "flags": {f: flags.count(f) for f in sorted(set(flags))},
-        "sds_reference": REFERENCE_ID,
+        "sds_reference": REFERENCE_ID, "calibration": calibration_version(opened.bundle),
     }  # fmt: skip
     ref = ok["reference_boneage_months"]
     if ref.notna().any():
