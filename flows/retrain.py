@@ -1,6 +1,6 @@
 """Prefect flow: retrain the whole pipeline for a data source and params overrides —
-demo/ingest → validate → localizers + attend (hand, r1, r2) → aggregator → evaluate →
-carpal head → bundle → register → promote — with retries on transient failures.
+demo/ingest → validate → localizers + attend (hand, r1, r2) → aggregator → carpal head →
+calibrate → evaluate → bundle → register → promote — with retries on transient failures.
 
 Orchestration only: every task calls the same library function as the DVC stage of the
 same name.
@@ -135,13 +135,27 @@ def train_aggregator_task(wd: str, params_path: str, section: str, input_hash: s
     return _done(out, val_mae=m["val_mae"])
 
 
+@task(name="calibrate", **CACHE, **RETRY)
+def calibrate_task(wd: str, params_path: str, section: str, input_hash: str, code: str) -> dict:
+    from boneage.calibration import calibrate_models
+
+    w = Path(wd)
+    out = w / "models" / "calibration"
+    models = {c: w / "models" / c for c in ("aggregator", "carpal")}
+    calibrate_models(load_params(params_path), _paths(w), models, out)
+    return _done(out)
+
+
 @task(name="evaluate", **CACHE, **RETRY)
 def evaluate_task(wd: str, params_path: str, section: str, input_hash: str, code: str) -> dict:
+    from boneage.calibration import load
     from boneage.evaluate import evaluate
 
     w = Path(wd)
     out = w / "reports" / "evaluate"
-    m = evaluate(load_params(params_path), _paths(w), w / "models" / "aggregator", out, _tracker())
+    cal = load(w / "models" / "calibration" / "calibration.json")["models"]["aggregator"]
+    m = evaluate(load_params(params_path), _paths(w), w / "models" / "aggregator", out, _tracker(),
+                 cal)  # fmt: skip
     return _done(out, mae=m["mae"], n=m["n"])
 
 
@@ -151,7 +165,8 @@ def bundle_task(wd: str, params_path: str, section: str, input_hash: str, code: 
 
     w, p = Path(wd), load_params(params_path)
     out = w / "models" / "bundle"
-    build_bundle(p, bundle_model_dirs(w / "models"), out, p.registry.model_name)
+    build_bundle(p, bundle_model_dirs(w / "models"), out, p.registry.model_name,
+                 w / "models" / "calibration" / "calibration.json")  # fmt: skip
     return _done(out)
 
 
@@ -220,13 +235,16 @@ def retrain_flow(
     regions = upstream
     r["aggregator"] = _run(train_aggregator_task, wd / "models" / "aggregator", str(wd), pp,
                            _section(pp, "aggregator"), regions, code)  # fmt: skip
-    evaluated = f"{regions}:{r['aggregator']['hash']}"
-    r["evaluate"] = _run(evaluate_task, wd / "reports" / "evaluate", str(wd), pp,
-                         _section(pp, "evaluate"), evaluated, code)  # fmt: skip
     r["carpal"] = _run(train_aggregator_task, wd / "models" / "carpal", str(wd), pp,
                        _section(pp, "aggregator", "carpal"), regions, code, True)  # fmt: skip
+    trained = f"{regions}:{r['aggregator']['hash']}:{r['carpal']['hash']}"
+    r["calibrate"] = _run(calibrate_task, wd / "models" / "calibration", str(wd), pp,
+                          _section(pp, "calibrate", "aggregator"), trained, code)  # fmt: skip
+    evaluated = f"{trained}:{r['calibrate']['hash']}"
+    r["evaluate"] = _run(evaluate_task, wd / "reports" / "evaluate", str(wd), pp,
+                         _section(pp, "evaluate"), evaluated, code)  # fmt: skip
     models = ":".join(r[k]["hash"] for k in ("localizer_hand", "localizer_r1", "localizer_r2",
-                                              "aggregator", "carpal"))  # fmt: skip
+                                              "aggregator", "carpal", "calibrate"))  # fmt: skip
     r["bundle"] = _run(bundle_task, wd / "models" / "bundle", str(wd), pp,
                        _section(pp, "ingest", "localizer", "attend", "aggregator", "carpal",
                                 "score", "registry"), models, code)  # fmt: skip

@@ -5,8 +5,9 @@
         [--export-title T --export-status S] [--data-card MD]
 
 The same `boneage` commands the DVC stages run (ingest → validate → hand/r1/r2 localizers
-and attend → localization check → aggregator → evaluate → calibrate → carpal head →
-ablation → bundle of the row with the lowest VALIDATION MAE → export with model card),
+and attend → localization check → aggregator → evaluate → carpal head → ablation → for
+the row with the lowest VALIDATION MAE: calibrate → evaluate with calibration → bundle →
+export with model card),
 with every path under DIR. Used for the full-set CPU profile, the GPU job and its CPU
 rehearsal (it needs no DVC, so it runs where DVC is not installed).
 
@@ -29,6 +30,7 @@ import csv
 import hashlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -66,7 +68,7 @@ def steps(a: argparse.Namespace, work: Path) -> list[tuple[str, list[str]]]:
         ("aggregator", ["train-aggregator", *loc, "--out", "models/aggregator", "--metrics",
                         "reports/aggregator.json", "--no-progress", *track, *p]),
         ("evaluate", ["evaluate", *loc, "--model", "models/aggregator", "--out",
-                      "reports/evaluate", *p]),
+                      "reports/evaluate", *track, *p]),
         ("carpal", ["train-aggregator", "--carpal", *loc, "--out", "models/carpal",
                     "--no-progress", *track, *p]),
         ("ablation", ["ablation", *loc, "--models-root", "models", "--reports", "reports",
@@ -79,16 +81,32 @@ def final_steps(a: argparse.Namespace, best: str) -> list[tuple[str, list[str]]]
     p = ["--params", str(a.profile)]
     export = ["export", "--bundle", "models/bundle", "--out", "export/rsna299", "--weights",
               a.weights, "--ingest", "ingest", "--cohort", str(a.cohort), "--evaluation",
-              f"reports/ablation/{best}", "--ablation", "reports/ablation.json",
+              "reports/evaluate_final", "--ablation", "reports/ablation.json",
               "--command", a.command or " ".join(sys.argv), "--title", a.export_title,
               "--use-path", "models/rsna299"]  # fmt: skip
     if a.data_card:
         export += ["--data-card", str(a.data_card)]
     if a.export_status:
         export += ["--status", a.export_status]
-    bundle = ["bundle", "--models-root", "models", "--aggregator", f"models/ablation/{best}",
-              "--out", "models/bundle", *p]  # fmt: skip
-    return [("bundle", bundle), ("export", export)]
+    loc = ["--ingest", "ingest", "--attend-root", "attend"]
+    agg = f"models/ablation/{best}"
+    cal = "models/calibration/calibration.json"
+    return [
+        ("calibrate", ["calibrate", *loc, "--aggregator", agg, "--carpal", "models/carpal",
+                       "--out", "models/calibration", *p]),
+        ("evaluate_final", ["evaluate", *loc, "--model", agg, "--calibration", cal, "--out",
+                            "reports/evaluate_final", *(["--no-track"] if a.no_track else []),
+                            *p]),
+        ("bundle", ["bundle", "--models-root", "models", "--aggregator", agg, "--calibration",
+                    cal, "--out", "models/bundle", *p]),
+        ("export", export),
+    ]  # fmt: skip
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of the finished child processes so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def labels_path(a: argparse.Namespace, work: Path) -> Path:
@@ -145,23 +163,29 @@ class Steps:
             return
         marker.unlink(missing_ok=True)
         print(f"== {name}: boneage {' '.join(argv)}", flush=True)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _children_cpu()
         rc = subprocess.call([sys.executable, "-m", "boneage.cli", *argv], cwd=self.work)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
         if rc != 0:
             raise SystemExit(f"step {name} failed (exit {rc}); fix and re-run to resume")
-        info = {"key": self.key, "seconds": round(seconds, 1),
+        info = {"key": self.key, "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1),
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
         marker.write_text(json.dumps(info) + "\n")
         self.write_timings()
         print(f"== {name}: {seconds:.1f} s", flush=True)
 
     def write_timings(self) -> None:
+        """timings.tsv: step, wall seconds, CPU seconds (user + system of the step's
+        processes: what the step costs whatever else shares the machine)."""
         rows = []
         for f in sorted(self.dir.glob("*.json"), key=lambda f: f.stat().st_mtime):
-            rows.append((f.stem, json.loads(f.read_text())["seconds"]))
-        total = sum(s for _, s in rows)
-        lines = [f"{n}\t{s:.1f} s" for n, s in rows] + [f"total\t{total:.1f} s"]
+            info = json.loads(f.read_text())
+            rows.append((f.stem, info["seconds"], info.get("cpu_seconds")))
+        total = sum(s for _, s, _ in rows)
+        cpu = sum(c or 0.0 for _, _, c in rows)
+        lines = ["step\twall_s\tcpu_s"]
+        lines += [f"{n}\t{s:.1f}\t{'' if c is None else f'{c:.1f}'}" for n, s, c in rows]
+        lines.append(f"total\t{total:.1f}\t{cpu:.1f}")
         (self.work / "timings.tsv").write_text("\n".join(lines) + "\n")
 
 
@@ -193,7 +217,7 @@ def main() -> None:
     write_labels(a, work)
     done = Steps(work, a.profile)
     plan = steps(a, work)
-    names = [n for n, _ in plan] + ["bundle", "export"]
+    names = [n for n, _ in plan] + ["calibrate", "evaluate_final", "bundle", "export"]
     if a.until and a.until not in names:
         raise SystemExit(f"--until {a.until}: not a step ({', '.join(names)})")
     for name, argv in plan:
