@@ -1,10 +1,11 @@
 """Training throughput on real images from the store vs synthetic tensors already on the
-device: same model, resolution, batch size and step (bf16 autocast + channels_last on
-CUDA), one run, and the ratio (goal on the GPU machine: >= 0.9).
+device, in fp32 and bf16 autocast: same model, resolution, batch size and step
+(channels_last), one run, with the ratios real/synthetic (goal on the GPU machine: >= 0.9)
+and bf16/fp32.
 
     python benchmarks/train_throughput.py [--store data/interim/ingest/store]
         [--backbone tf_efficientnet_lite0] [--size 224] [--batch 32] [--steps 20]
-        [--channels 1] [--device auto]
+        [--channels 1] [--device auto] [--amp fp32,bf16]
 
 Real: `boneage.training.fit` for one epoch over `steps × batch` images decoded once from
 the store into a uint8 tensor (never re-decoded per step; on CUDA moved to the GPU once)
@@ -29,18 +30,24 @@ sys.path.insert(0, str(ROOT))
 from boneage.config import AugmentConfig, ModelConfig, TrainConfig  # noqa: E402
 from boneage.models import AgeNet  # noqa: E402
 from boneage.store import ImageStore  # noqa: E402
-from boneage.training import TensorData, fit, resolve_device, train_step  # noqa: E402
+from boneage.training import (  # noqa: E402
+    TensorData,
+    cpu_native_bf16,
+    fit,
+    resolve_device,
+    train_step,
+)
 from boneage.views import load_views  # noqa: E402
 
 
 def synthetic(model: AgeNet, cfg: TrainConfig, size: int, channels: int, steps: int,
               device: torch.device) -> float:  # fmt: skip
     model.to(device).train()
-    if device.type == "cuda":
+    if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     x = torch.rand(cfg.batch_size, channels, size, size, device=device)
-    if device.type == "cuda":
+    if cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.rand(cfg.batch_size, device=device) * 228
     sex = torch.ones(cfg.batch_size, device=device)
@@ -69,6 +76,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--channels", type=int, default=1)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--amp", default="fp32,bf16",
+                    help="precisions to measure, comma-separated (fp32, bf16)")  # fmt: skip
     a = ap.parse_args()
     if not (a.store / "store.json").is_file():
         raise SystemExit(f"{a.store}: no image store (run `make run` or boneage ingest)")
@@ -87,25 +96,32 @@ def main() -> None:
     data = TensorData([f"i{i}" for i in range(len(x))], x, ages, torch.ones(len(x)))
     val = TensorData(data.ids[:8], x[:8], ages[:8], torch.ones(8))
     mcfg = ModelConfig(backbone=a.backbone, pretrained="none", output_stride=32, sex_dim=32)
-    cfg = TrainConfig(epochs=1, batch_size=a.batch, device=str(device), warmup_frac=0.0)
-    torch.manual_seed(0)
-    syn = synthetic(AgeNet(mcfg, a.channels, load_pretrained=False), cfg, a.size, a.channels,
-                    a.steps, device)  # fmt: skip
-    torch.manual_seed(0)
-    warm = TrainConfig(epochs=1, batch_size=a.batch, device=str(device))
-    model = AgeNet(mcfg, a.channels, load_pretrained=False)
-    w = 3 * a.batch  # warm-up epoch (allocator, cudnn autotune), not timed
-    warm_data = TensorData(data.ids[:w], x[:w], ages[:w], torch.ones(w))
-    fit(model, warm_data, val, warm, AugmentConfig(), progress=False)
-    res = fit(model, data, val, cfg, AugmentConfig(), progress=False)
-    real = res.train_images_per_second
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"{a.backbone} @{a.size}px x{a.channels} ch, batch {a.batch}, {a.steps} steps, "
-          f"{name} ({torch.get_num_threads()} threads), bf16={device.type == 'cuda'}")  # fmt: skip
+          f"{name} ({torch.get_num_threads()} threads), channels_last; native bf16 on this "
+          f"CPU: {cpu_native_bf16()}")  # fmt: skip
     print(f"decoded {k} images once from {a.store} in {decode_s:.1f} s")
-    print(f"training, real data from the store (augmented on {device.type}): {real:.1f} img/s")
-    print(f"training, synthetic tensors already on {device.type}:            {syn:.1f} img/s")
-    print(f"ratio real / synthetic: {real / syn:.2f} (goal on the GPU machine >= 0.9)")
+    results = {}
+    for amp in a.amp.split(","):
+        cfg = TrainConfig(epochs=1, batch_size=a.batch, device=str(device), warmup_frac=0.0,
+                          amp=amp)  # fmt: skip
+        torch.manual_seed(0)
+        syn = synthetic(AgeNet(mcfg, a.channels, load_pretrained=False), cfg, a.size,
+                        a.channels, a.steps, device)  # fmt: skip
+        torch.manual_seed(0)
+        model = AgeNet(mcfg, a.channels, load_pretrained=False)
+        w = 3 * a.batch  # warm-up epoch (allocator, cudnn autotune), not timed
+        warm_data = TensorData(data.ids[:w], x[:w], ages[:w], torch.ones(w))
+        fit(model, warm_data, val, cfg, AugmentConfig(), progress=False)
+        real = fit(model, data, val, cfg, AugmentConfig(), progress=False)
+        results[amp] = (real.train_images_per_second, syn)
+        print(f"{amp:>5}: real data from the store (augmented on {device.type}) "
+              f"{results[amp][0]:.1f} img/s, synthetic tensors {syn:.1f} img/s, "
+              f"ratio real/synthetic {results[amp][0] / syn:.2f}")  # fmt: skip
+    if "fp32" in results and "bf16" in results:
+        r32, r16 = results["fp32"], results["bf16"]
+        print(f"bf16 / fp32 speed-up: real {r16[0] / r32[0]:.2f}x, synthetic "
+              f"{r16[1] / r32[1]:.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -303,6 +303,17 @@ def fit(
             "seconds": time.perf_counter() - t_start,
         }
         history.append(row)
+        if val_mae < best:
+            best, best_epoch, bad = val_mae, epoch + 1, 0
+            best_state = copy.deepcopy(evaluated.state_dict())
+        else:
+            bad += 1
+            stopped = bad >= cfg.patience
+        if checkpoint is not None and rank == 0:  # before anything else can fail
+            _save_checkpoint(checkpoint, fingerprint, epoch + 1, model, opt, sched, ema, gen,
+                             aug_gen, best=best, best_epoch=best_epoch, bad=bad,
+                             history=history, seen=seen, train_time=train_time,
+                             best_state=best_state)  # fmt: skip
         if tracker is not None:
             tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
         if on_epoch is not None and rank == 0:
@@ -310,17 +321,6 @@ def fit(
         if progress:
             print(f"epoch {epoch + 1}: train_mae {row['train_mae']:.2f}  val_mae {val_mae:.2f}",
                   file=sys.stderr)  # fmt: skip
-        if val_mae < best:
-            best, best_epoch, bad = val_mae, epoch + 1, 0
-            best_state = copy.deepcopy(evaluated.state_dict())
-        else:
-            bad += 1
-            stopped = bad >= cfg.patience
-        if checkpoint is not None and rank == 0:
-            _save_checkpoint(checkpoint, fingerprint, epoch + 1, model, opt, sched, ema, gen,
-                             aug_gen, best=best, best_epoch=best_epoch, bad=bad,
-                             history=history, seen=seen, train_time=train_time,
-                             best_state=best_state)  # fmt: skip
     model.load_state_dict(best_state)
     return FitResult(
         best_val_mae=best,

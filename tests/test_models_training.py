@@ -142,3 +142,53 @@ def test_tracker_logs_to_sqlite(tmp_path):
     with off.run("exp", "r"):
         off.log_metrics({"a": 1})
     assert off.run_id is None
+
+
+class _Killed(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_fit_resumes_after_a_kill_exactly_as_an_uninterrupted_run(tmp_path, ema):
+    """Per-epoch checkpoints: a run killed after epoch 2 and started again runs epochs 3-4
+    only and ends with the uninterrupted run's history and weights (also with EMA)."""
+    train, val = _data(32, 0), _data(8, 1)
+    cfg = TrainConfig(epochs=4, batch_size=16, lr=3e-3, patience=9, device="cpu", ema=ema)
+    aug = AugmentConfig(rotation_deg=5)
+
+    def run(ckpt=None, on_epoch=None):
+        torch.manual_seed(0)
+        model = AgeNet(MCFG)
+        res = fit(model, train, val, cfg, aug, progress=False, checkpoint=ckpt,
+                  on_epoch=on_epoch)  # fmt: skip
+        return model, res
+
+    ref_model, ref = run()
+    ckpt = tmp_path / "ckpt.pt"
+
+    def kill_after_2(row):
+        if row["epoch"] == 2:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        run(ckpt, kill_after_2)
+    assert ckpt.is_file()
+    epochs_run = []
+    model, res = run(ckpt, lambda row: epochs_run.append(row["epoch"]))
+    assert epochs_run == [3, 4]  # epochs before the kill were not re-run
+    assert [h["val_mae"] for h in res.history] == [h["val_mae"] for h in ref.history]
+    assert res.best_epoch == ref.best_epoch and res.samples_seen == ref.samples_seen
+    for k, v in ref_model.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+
+
+def test_a_checkpoint_for_other_settings_is_not_resumed(tmp_path):
+    train, val = _data(16, 0), _data(8, 1)
+    ckpt = tmp_path / "ckpt.pt"
+    cfg = TrainConfig(epochs=1, batch_size=16, device="cpu")
+    fit(AgeNet(MCFG), train, val, cfg, None, progress=False, checkpoint=ckpt)
+    seen = []
+    other = cfg.model_copy(update={"epochs": 2, "lr": 5e-4})
+    fit(AgeNet(MCFG), train, val, other, None, progress=False, checkpoint=ckpt,
+        on_epoch=lambda row: seen.append(row["epoch"]))  # fmt: skip
+    assert seen == [1, 2]  # started afresh
