@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from boneage.score import load_bundle, score_cohort  # noqa: E402
-from boneage.training import load_model, resolve_device  # noqa: E402
+from boneage.training import autocast, load_model, resolve_device  # noqa: E402
 
 
 def make_cohort(source: Path, n: int, dest: Path) -> Path:
@@ -61,31 +61,37 @@ def forward_only(bundle_dir: Path, n: int) -> float:
     att = b.params.attend
     device = resolve_device(att.device)
     total = 0.0
-    for stage in ("hand", "r1", "r2"):
+    cl = torch.channels_last
+    for stage in ("hand", "r1", "r2"):  # as attend runs them: bf16 autocast per attend.amp
         model, meta = load_model(b.component(f"localizer_{stage}"), device)
+        model.to(memory_format=cl)
         train, cam = int(meta["img_size"]), att.stage(stage).cam_size or int(meta["img_size"])
         bs = att.batch_size
         for i in range(math.ceil(n / bs)):
             m = min(bs, n - i * bs)
-            x = torch.rand(m, 1, cam, cam, device=device)
+            x = torch.rand(m, 1, cam, cam, device=device).contiguous(memory_format=cl)
             sex = torch.ones(m, device=device)
             t0 = time.perf_counter()
-            if cam == train:
-                model(x, sex, return_features=True)
-            else:
-                small = F.interpolate(x, size=(train, train), mode="bilinear", antialias=True,
-                                      align_corners=False)  # fmt: skip
-                model(small, sex)
-                model.feature_maps(x)
+            with autocast(device, att.amp):
+                if cam == train:
+                    model(x, sex, return_features=True)
+                else:
+                    small = F.interpolate(x, size=(train, train), mode="bilinear",
+                                          antialias=True, align_corners=False)  # fmt: skip
+                    model(small, sex)
+                    model.feature_maps(x)
             total += time.perf_counter() - t0
-    for comp in ("aggregator", "carpal"):
+    for comp in ("aggregator", "carpal"):  # as score's predict runs them (amp auto)
         model, meta = load_model(b.component(comp), device)
         s, c, bs = int(meta["img_size"]), len(meta["regions"]), 64
         for i in range(math.ceil(n / bs)):
             m = min(bs, n - i * bs)
-            x, sex = torch.rand(m, c, s, s, device=device), torch.ones(m, device=device)
+            x = torch.rand(m, c, s, s, device=device).contiguous(memory_format=cl)
+            sex = torch.ones(m, device=device)
             t0 = time.perf_counter()
-            torch.softmax(model(x, sex).float(), 1)
+            with autocast(device, "auto"):
+                logits = model(x, sex)
+            torch.softmax(logits.float(), 1)
             total += time.perf_counter() - t0
     return total
 

@@ -241,7 +241,7 @@ def fit(
     fingerprint = _fit_fingerprint(cfg, train, val, aug, hide)
     if checkpoint is not None and Path(checkpoint).is_file():
         state = _resume(checkpoint, fingerprint, model, opt, sched, ema, gen, aug_gen, state)
-        if progress and state["epoch"]:
+        if rank == 0 and state["epoch"]:
             print(f"resuming from {checkpoint} after epoch {state['epoch']}", file=sys.stderr)
     best_state = state["best_state"] or copy.deepcopy(evaluated.state_dict())
     history: list[dict] = state["history"]
