@@ -12,11 +12,12 @@ with every path under DIR. Used for the full-set CPU profile, the GPU job and it
 rehearsal (it needs no DVC, so it runs where DVC is not installed).
 
 Resuming: a step that finished leaves DIR/.steps/STEP.json (its time and a key: the
-profile's bytes, its command and the keys of the steps before it). Run the same command
-again after an interruption and finished steps are skipped; a training step continues
-from its last finished epoch (per-epoch checkpoints, boneage.training.fit). Changing the
-profile re-runs from the first step whose key changed. DIR/timings.tsv lists the steps'
-wall times (of the run that did them); `--until STEP` stops after STEP.
+profile sections it reads, its command and the keys of the steps before it). Run the same
+command again after an interruption and finished steps are skipped; a training step
+continues from its last finished epoch (per-epoch checkpoints, boneage.training.fit).
+Changing a profile section re-runs from the first step that reads it. DIR/timings.tsv
+lists the steps' wall and CPU times (of the run that did them); `--until STEP` stops after
+STEP.
 
 `--holdout CSV`: ids (first column) left out of the cohort, e.g. the 12 RSNA ids whose
 full-resolution originals must stay unseen; the labels are rewritten to DIR/labels.csv
@@ -36,6 +37,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,6 +77,10 @@ def steps(a: argparse.Namespace, work: Path) -> list[tuple[str, list[str]]]:
         ("ablation", ["ablation", *loc, "--models-root", "models", "--reports", "reports",
                       "--resume", *p]),
     ]  # fmt: skip
+    if a.small_ablation:
+        out.append(("ablation_small", ["ablation", *loc, "--models-root", "models/small",
+                                        "--reports", "reports/small", "--resume",
+                                        "--params", str(a.small_ablation)]))  # fmt: skip
     return out
 
 
@@ -146,17 +153,67 @@ def best_row(work: Path) -> str:
     return min(rows, key=lambda r: r["val_mae"])["regions"].replace(" ", "_")
 
 
+# The profile sections each step reads (a step's key covers them, its command and the
+# steps before it): tuning attend.r1 re-runs attend_r1 and what follows, nothing before.
+STAGE_SECTIONS = {
+    "localizer": ("localizer.model", "localizer.train", "localizer.augment",
+                  "localizer.cam_window"),
+    "attend": ("attend.batch_size", "attend.device", "attend.amp", "attend.overlays_per_split",
+               "attend.png_store"),
+}  # fmt: skip
+PACKAGED = ("ingest", "localizer", "attend", "aggregator", "carpal", "calibrate", "score",
+            "registry")  # fmt: skip
+READS = {
+    "ingest": ("ingest",),
+    "validate": ("validate",),
+    **{f"localizer_{s}": (*STAGE_SECTIONS["localizer"], f"localizer.{s}")
+       for s in ("hand", "r1", "r2")},
+    **{f"attend_{s}": (*STAGE_SECTIONS["attend"], f"attend.{s}") for s in ("hand", "r1", "r2")},
+    "localization": (),
+    "aggregator": ("aggregator",),
+    "evaluate": ("aggregator", "evaluate"),
+    "carpal": ("aggregator", "carpal"),
+    "ablation": ("aggregator", "evaluate", "ablation"),
+    "ablation_small": (),  # reads its own profile: its command names it, its key hashes it
+    "calibrate": ("aggregator", "calibrate"),
+    "evaluate_final": ("evaluate", "calibrate"),
+    "bundle": PACKAGED,
+    "export": (*PACKAGED, "evaluate"),
+}  # fmt: skip
+
+
+def _section(profile: dict, dotted: str):
+    node = profile
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
 class Steps:
     """Done-markers, keys and timings of a work dir."""
 
     def __init__(self, work: Path, profile: Path):
         self.dir = work / ".steps"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.key = hashlib.sha256(profile.read_bytes()).hexdigest()
+        self.profile_path = profile
+        self.profile = yaml.safe_load(profile.read_text()) or {}
+        self.key = ""
         self.work = work
 
+    def step_key(self, name: str, argv: list[str]) -> str:
+        """Hash of the previous step's key, this step's command (paths of the profile and
+        inputs included) and the profile sections it reads."""
+        reads = {d: _section(self.profile, d) for d in READS[name]}
+        # another profile in the command (ablation_small's) counts by its content
+        yamls = [Path(v) for v in argv if v.endswith(".yaml")]
+        other = [f.read_text() for f in yamls if f.is_file() and f != self.profile_path]
+        blob = "\x1f".join(
+            [self.key, *argv, json.dumps(reads, sort_keys=True, default=str), *other]
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()
+
     def run(self, name: str, argv: list[str]) -> None:
-        self.key = hashlib.sha256((self.key + "\x1f" + "\x1f".join(argv)).encode()).hexdigest()
+        self.key = self.step_key(name, argv)
         marker = self.dir / f"{name}.json"
         if marker.is_file() and json.loads(marker.read_text()).get("key") == self.key:
             print(f"== {name}: done before, skipped", flush=True)
@@ -198,6 +255,8 @@ def main() -> None:
     ap.add_argument("--holdout", type=Path, help="CSV whose first column lists ids to leave out")
     ap.add_argument("--annotations", type=Path, help="RSNA ROI annotations (localization step)")
     ap.add_argument("--until", help="stop after this step")
+    ap.add_argument("--small-ablation", type=Path,
+                    help="profile of a second ablation (smaller budget, more rows)")  # fmt: skip
     ap.add_argument("--no-track", action="store_true", help="no MLflow tracking")
     ap.add_argument("--weights", default="int8", help="export weights: int8 | fp16 | fp32")
     ap.add_argument("--export-title", default="boneage rsna299 reference model")
@@ -205,7 +264,8 @@ def main() -> None:
     ap.add_argument("--data-card", type=Path, default=REPO / "profiles" / "rsna_data_card.md")
     ap.add_argument("--command", default=None, help="the command the model card quotes")
     a = ap.parse_args()
-    for name in ("profile", "cohort", "labels", "holdout", "annotations", "data_card"):
+    for name in ("profile", "cohort", "labels", "holdout", "annotations", "data_card",
+                 "small_ablation"):  # fmt: skip
         v = getattr(a, name)
         if v is not None:
             setattr(a, name, v.resolve())

@@ -1,0 +1,65 @@
+"""Experiment profiles (profiles/*.yaml) and the profile runner's step keys."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+from boneage.config import load_params
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILES = sorted((REPO / "profiles").glob("*.yaml"))
+
+
+def _runner():
+    spec = importlib.util.spec_from_file_location("profile_run", REPO / "profiles" / "run.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.name)
+def test_every_profile_is_valid_params(path):
+    load_params(path)
+
+
+def test_small_ablation_profile_differs_from_the_full_one_only_in_its_budget_and_rows():
+    full = yaml.safe_load((REPO / "profiles" / "rsna_cpu_full.yaml").read_text())
+    small = yaml.safe_load((REPO / "profiles" / "rsna_cpu_ablation_small.yaml").read_text())
+    for p in (full, small):
+        p["aggregator"]["img_size"] = p["aggregator"]["train"]["epochs"] = None
+        p["ablation"]["configs"] = None
+    assert small == full
+
+
+def _keys(mod, work: Path, profile: Path) -> dict[str, str]:
+    a = argparse.Namespace(profile=profile, cohort=Path("/c"), labels=Path("/l.csv"),
+                           holdout=None, annotations=None, no_track=True,
+                           small_ablation=None)  # fmt: skip
+    st = mod.Steps(work, profile)
+    keys = {}
+    for name, argv in mod.steps(a, work):
+        st.key = st.step_key(name, argv)
+        keys[name] = st.key
+    return keys
+
+
+def test_a_profile_change_reruns_only_the_steps_from_the_first_reader_on(tmp_path):
+    mod = _runner()
+    base = yaml.safe_load((REPO / "profiles" / "rsna_cpu_full.yaml").read_text())
+    tuned = copy.deepcopy(base)
+    tuned["attend"]["r1"]["tau"] = 0.42
+    # the same file name in both runs, so only the content differs
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(base))
+    ka = _keys(mod, tmp_path / "w1", tmp_path / "a.yaml")
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(tuned))
+    kb = _keys(mod, tmp_path / "w2", tmp_path / "a.yaml")
+    names = list(ka)
+    first = names.index("attend_r1")
+    assert all(ka[n] == kb[n] for n in names[:first])
+    assert all(ka[n] != kb[n] for n in names[first:])
