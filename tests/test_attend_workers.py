@@ -4,7 +4,6 @@ what the in-process loop gives (regions, crop store, r1's erased store), in orde
 from __future__ import annotations
 
 import pandas as pd
-import pytest
 
 from boneage import attend as attend_mod
 from boneage.attend import attend
@@ -19,7 +18,6 @@ def _tables(store_dir) -> list[pd.DataFrame]:
     return [pd.read_parquet(f) for f in sorted(store_dir.glob("*.parquet"))]
 
 
-@pytest.mark.slow
 def test_attend_in_a_process_pool_equals_attend_in_process(tmp_path, monkeypatch):
     monkeypatch.setattr(attend_mod, "POOL_MIN_IMAGES", 1)
     small = {"img_size": 32, "epochs": 1}
