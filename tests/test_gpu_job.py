@@ -295,7 +295,8 @@ def _fake_work(root: Path, val_mae: float, export_bytes: int = 20 * MiB) -> Path
     (run / "reports" / "ablation.json").write_text(json.dumps({"rows": rows}))
     (run / ".steps").mkdir()
     (run / ".steps" / "export.json").write_text('{"seconds": 80.0}')
-    (run / "timings.tsv").write_text("ingest\t9.0 s\nexport\t80.0 s\ntotal\t89.0 s\n")
+    (run / "timings.tsv").write_text("step\twall_s\tcpu_s\ningest\t9.0\t30.5\n"
+                                     "export\t80.0\t75.0\ntotal\t89.0\t105.5\n")  # fmt: skip
     (root / "job_state.tsv").write_text("install\t0\t4\ningest\t0\t10\npipeline\t0\t400\n")
     tp = {"backbone": "tf_efficientnet_lite0", "size": 224, "channels": 3, "batch": 128,
           "real_images_per_second": 2900.0, "synthetic_images_per_second": 3100.0,
@@ -315,7 +316,8 @@ def test_result_step_fits_the_limits_and_the_export_reassembles(tmp_path):
                      "summary.json"]  # fmt: skip
     assert all(p.stat().st_size <= facts.RESULT_MAX_BYTES for p in out.iterdir())
     assert s["complete"] and s["export"]["val_mae"] == 6.0 and s["throughput"]["ratio"] == 0.93
-    assert s["timings_s"]["export"] == 80.0 and len(s["ablation"]) == 2
+    assert s["timings_s"]["export"] == 80.0 and s["cpu_s"]["ingest"] == 30.5
+    assert len(s["ablation"]) == 2
     assert s["reports_skipped"] == ["reports/evaluate/predictions.parquet (5.0 MiB)"]
     got = install.assemble_export(out, tmp_path / "again")
     src = work / "run" / "export" / "rsna299" / "aggregator" / "model.pt"
@@ -416,7 +418,7 @@ def test_rehearsal_runs_the_gpu_job_on_the_cpu_within_the_limits(tmp_path, rsna2
     assert [p["phase"] for p in s["phases"]] == phases
     steps = {"ingest", "localizer_hand", "attend_hand", "localizer_r1", "attend_r1",
              "localizer_r2", "attend_r2", "aggregator", "evaluate", "carpal", "ablation",
-             "bundle", "export"}  # fmt: skip
+             "calibrate", "evaluate_final", "bundle", "export"}  # fmt: skip
     assert set(s["steps_done"]) == steps and "validate" not in s["timings_s"]
     assert {r["regions"] for r in s["ablation"]} == {"O", "H+R1+R2"}
     assert s["throughput"]["ratio"] > 0 and s["budget"] is not None

@@ -7,13 +7,14 @@ The job runs this after the throughput benchmark (real training images/s at the
 aggregator's size on THIS machine) and before the rest of the pipeline. The training
 images every remaining step will process — epochs × training images (and a third of that
 for validation, forward only), scaled by (side / benchmark side)² — over the measured
-images/s gives the training time; FIXED_S (attend × 3, evaluate, bundle, export and the
-start-up of a dozen processes: what does not scale with epochs) is added. When that
+images/s gives the training time; FIXED_S (attend × 3, evaluate, calibrate, the final
+evaluation, bundle, export, the start-up of 15 processes: what does not scale with
+epochs) is added. When that
 exceeds LEFT × SAFETY, every epoch count is scaled down by the same factor (at least 1
 each) and the result written to --out, which the job then runs instead; the header of
 --out and the log say so. Otherwise (or when every epoch count is 1 already) nothing is
-written and the profile runs as it is. A fitted profile changes every step's key in
-profiles/run.py, so ingest runs once more (seconds).
+written and the profile runs as it is. A fitted profile is another file, named in every
+step's command, so profiles/run.py runs ingest once more (seconds).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-FIXED_S = 240.0  # seconds of the rest of the pipeline that do not scale with epochs
+FIXED_S = 260.0  # seconds of the rest of the pipeline that do not scale with epochs
 SAFETY = 0.85  # plan to use at most this share of the time left
 STAGES = ("hand", "r1", "r2")
 

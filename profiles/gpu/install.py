@@ -92,8 +92,9 @@ def figures_markdown(s: dict, decision: str) -> str:
                   f"{tp['synthetic_images_per_second']:.0f} img/s, ratio **{tp['ratio']:.2f}** "
                   f"({ok} the goal >= {RATIO_GOAL})."]  # fmt: skip
     if s.get("timings_s"):
-        lines += ["", "| step | seconds |", "|---|---:|"]
-        lines += [f"| {k} | {v:.1f} |" for k, v in s["timings_s"].items()]
+        cpu = s.get("cpu_s") or {}
+        lines += ["", "| step | wall s | CPU s |", "|---|---:|---:|"]
+        lines += [f"| {k} | {v:.1f} | {_f(cpu.get(k), 1)} |" for k, v in s["timings_s"].items()]
     if s.get("ablation"):
         lines += ["", "| regions | val MAE | test MAE | RMSE | interval coverage | seconds |",
                   "|---|---:|---:|---:|---:|---:|"]  # fmt: skip

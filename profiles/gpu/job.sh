@@ -13,8 +13,9 @@
 #    then profiles/gpu/fit_budget.py (at the measured speed, does the profile's training
 #    fit the time left? if not, every epoch count is scaled down, and the log says so),
 #    then the rest of the pipeline: 3 localizers + attend, aggregator, evaluate, carpal
-#    head, ablation O vs H+R1+R2, bundle of the row with the lowest validation MAE,
-#    export with model card (`validate` is skipped: Great Expectations is not there);
+#    head, ablation O vs H+R1+R2, for the row with the lowest validation MAE: calibrate,
+#    evaluate with calibration, bundle, export with model card (`validate` is skipped:
+#    Great Expectations is not there);
 # 3. profiles/gpu/result.py packs what must come back into <= 8 files <= 16 MiB under
 #    --out — always, also after a failure or when the pipeline ran out of time: each
 #    stage runs under `timeout` so that the whole job ends by --deadline seconds.
@@ -142,7 +143,7 @@ phase ingest "$(left)" "$PYTHON" "$REPO/profiles/run.py" "$PROFILE" "${RUN[@]}" 
   || finish $?
 phase throughput "$(( $(left) < 120 ? $(left) : 120 ))" "$PYTHON" \
   "$REPO/benchmarks/train_throughput.py" --store "$WORK/run/ingest/store" \
-  --params "$PROFILE" --steps "$BENCH_STEPS" --json "$WORK/throughput.json" \
+  --params "$PROFILE" --amp bf16 --steps "$BENCH_STEPS" --json "$WORK/throughput.json" \
   || say "throughput benchmark failed; the pipeline goes on"
 USE=$PROFILE
 if [ -f "$WORK/throughput.json" ]; then

@@ -53,12 +53,28 @@ def _tsv(path: Path) -> list[list[str]]:
     return [line.split("\t") for line in path.read_text().splitlines() if line.strip()]
 
 
+def _timings(path: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """Wall and CPU seconds per step from run.py's timings.tsv (`step  wall_s  cpu_s`, or
+    the older `step  12.3 s`)."""
+    wall, cpu = {}, {}
+    for r in _tsv(path):
+        if r[0] == "step":
+            continue
+        try:
+            wall[r[0]] = float(r[1].split()[0])
+            if len(r) > 2 and r[2].strip():
+                cpu[r[0]] = float(r[2])
+        except (IndexError, ValueError):
+            continue
+    return wall, cpu
+
+
 def summarize(work: Path, profile: Path | None, pack: Path | None = None) -> dict:
     """The figures worth reading first, from whatever the run left in WORK."""
     run = work / "run"
     phases = [{"phase": p, "exit": rc, "seconds": int(s)}
               for p, rc, s in _tsv(work / "job_state.tsv")]  # fmt: skip
-    timings = {r[0]: float(r[1].split()[0]) for r in _tsv(run / "timings.tsv") if len(r) == 2}
+    timings, cpu = _timings(run / "timings.tsv")
     steps = sorted(p.stem for p in (run / ".steps").glob("*.json"))
     card = _json(run / "export" / "rsna299" / "card.json")
     out: dict = {
@@ -67,10 +83,12 @@ def summarize(work: Path, profile: Path | None, pack: Path | None = None) -> dic
         "phases": phases,
         "steps_done": steps,
         "timings_s": timings,
+        "cpu_s": cpu,
         "throughput": _json(work / "throughput.json"),
         "budget": _json(work / "budget.json"),
         "ablation": (_json(run / "reports" / "ablation.json") or {}).get("rows"),
         "evaluate": _json(run / "reports" / "evaluate" / "metrics.json"),
+        "evaluate_final": _json(run / "reports" / "evaluate_final" / "metrics.json"),
         "profile": str(profile) if profile else None,
         "pack": _json(pack / "pack.json") if pack else None,
         "host": {"python": platform.python_version(), "machine": platform.machine(),
