@@ -28,7 +28,7 @@ import pandas as pd
 import yaml
 
 FIXED_S = 260.0  # seconds of the rest of the pipeline that do not scale with epochs
-SAFETY = 0.85  # plan to use at most this share of the time left
+SAFETY = 0.8  # plan to use at most this share of the time left
 STAGES = ("hand", "r1", "r2")
 
 
