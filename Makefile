@@ -11,7 +11,8 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install chromium run test test-fast lint bench clean
+.PHONY: install chromium run test test-fast lint bench clean gpu-prepare gpu-preflight \
+	gpu-rehearsal gpu-install
 
 install: $(STAMP) chromium
 
@@ -64,11 +65,29 @@ test-fast: install
 	pytest -m "not slow"
 
 lint: install
-	ruff check boneage flows tests benchmarks
-	ruff format --check boneage flows tests benchmarks
+	ruff check boneage flows tests benchmarks profiles
+	ruff format --check boneage flows tests benchmarks profiles
 
 bench: install
 	python benchmarks/ingest.py
+
+# The GPU job (docs/gpu.md): build what a device call carries (.gpu/, ignored by git),
+# check what it would transfer, rehearse the job on the CPU, install a returned result.
+gpu-prepare: install
+	python profiles/gpu/pack.py
+	python profiles/gpu/wheels.py
+	python profiles/gpu/weights.py
+	python profiles/gpu/preflight.py
+
+gpu-preflight: install
+	python profiles/gpu/preflight.py
+
+gpu-rehearsal: install
+	BONEAGE_REQUIRE_DATA=1 pytest -m slow tests/test_gpu_job.py -k rehearsal -s
+
+gpu-install: install
+	@test -n "$(FILES)" || { echo "usage: make gpu-install FILES=<folder the device call's files came back to>"; exit 2; }
+	python profiles/gpu/install.py $(FILES)
 
 clean:
 	rm -rf data/raw/demo data/interim/* data/processed/* data/reports/* .pytest_cache

@@ -5,7 +5,11 @@ and bf16/fp32.
 
     python benchmarks/train_throughput.py [--store data/interim/ingest/store]
         [--backbone tf_efficientnet_lite0] [--size 224] [--batch 32] [--steps 20]
-        [--channels 1] [--device auto] [--amp fp32,bf16]
+        [--channels 1] [--device auto] [--amp fp32,bf16] [--params PROFILE] [--json OUT]
+
+`--params PROFILE`: backbone, size, batch and channels (one per region) of the profile's
+aggregator, unless given. `--json`: the figures also as JSON (the GPU job's result; its
+top-level figures are bf16's when measured, the precision the profiles train in on CUDA).
 
 Real: `boneage.training.fit` for one epoch over `steps × batch` images decoded once from
 the store into a uint8 tensor (never re-decoded per step; on CUDA moved to the GPU once)
@@ -18,6 +22,7 @@ data work at all.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -70,15 +75,28 @@ def synthetic(model: AgeNet, cfg: TrainConfig, size: int, channels: int, steps: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", type=Path, default=Path("data/interim/ingest/store"))
-    ap.add_argument("--backbone", default="tf_efficientnet_lite0")
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--backbone", default=None, help="[tf_efficientnet_lite0]")
+    ap.add_argument("--size", type=int, default=None, help="[224]")
+    ap.add_argument("--batch", type=int, default=None, help="[32]")
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--channels", type=int, default=1)
+    ap.add_argument("--channels", type=int, default=None, help="[1]")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--amp", default="fp32,bf16",
                     help="precisions to measure, comma-separated (fp32, bf16)")  # fmt: skip
+    ap.add_argument("--params", type=Path, default=None, help="take the defaults from a profile")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     a = ap.parse_args()
+    defaults = {"backbone": "tf_efficientnet_lite0", "size": 224, "batch": 32, "channels": 1}
+    if a.params is not None:
+        from boneage.config import load_params
+
+        agg = load_params(a.params).aggregator
+        defaults = {"backbone": agg.model.backbone, "size": agg.img_size,
+                    "batch": agg.train.batch_size,
+                    "channels": len(agg.regions) if agg.model.fusion == "stack" else 1}  # fmt: skip
+    for k, v in defaults.items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
     if not (a.store / "store.json").is_file():
         raise SystemExit(f"{a.store}: no image store (run `make run` or boneage ingest)")
     device = resolve_device(a.device)
@@ -122,6 +140,16 @@ def main() -> None:
         r32, r16 = results["fp32"], results["bf16"]
         print(f"bf16 / fp32 speed-up: real {r16[0] / r32[0]:.2f}x, synthetic "
               f"{r16[1] / r32[1]:.2f}x")  # fmt: skip
+    if a.json is not None:
+        top = "bf16" if "bf16" in results else next(iter(results))
+        by_amp = {k: {"real_images_per_second": round(r, 1),
+                      "synthetic_images_per_second": round(y, 1), "ratio": round(r / y, 3)}
+                  for k, (r, y) in results.items()}  # fmt: skip
+        a.json.write_text(json.dumps({
+            "device": name, "backbone": a.backbone, "size": a.size, "batch": a.batch,
+            "channels": a.channels, "steps": a.steps, "threads": torch.get_num_threads(),
+            "decode_seconds": round(decode_s, 2), "amp": top, **by_amp[top], "by_amp": by_amp,
+        }, indent=2) + "\n")  # fmt: skip
 
 
 if __name__ == "__main__":

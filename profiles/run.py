@@ -1,7 +1,7 @@
 """Run the whole pipeline on a real cohort with a params profile, resumably.
 
     python profiles/run.py PROFILE.yaml --work DIR --cohort IMAGES --labels CSV
-        [--holdout CSV] [--annotations DIR] [--until STEP] [--no-track]
+        [--holdout CSV] [--annotations DIR] [--until STEP] [--skip STEP ...] [--no-track]
         [--export-title T --export-status S] [--data-card MD]
 
 The same `boneage` commands the DVC stages run (ingest → validate → hand/r1/r2 localizers
@@ -17,7 +17,8 @@ command again after an interruption and finished steps are skipped; a training s
 continues from its last finished epoch (per-epoch checkpoints, boneage.training.fit).
 Changing a profile section re-runs from the first step that reads it. DIR/timings.tsv
 lists the steps' wall and CPU times (of the run that did them); `--until STEP` stops after
-STEP.
+STEP; `--skip STEP` (repeatable) leaves a step out, e.g. `validate` where Great
+Expectations is not installed (the GPU machine: profiles/gpu/job.sh).
 
 `--holdout CSV`: ids (first column) left out of the cohort, e.g. the 12 RSNA ids whose
 full-resolution originals must stay unseen; the labels are rewritten to DIR/labels.csv
@@ -41,6 +42,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+NO_TRACK_ENV = "BONEAGE_NO_TRACK"  # boneage.tracking: no MLflow run in any command
 
 
 def steps(a: argparse.Namespace, work: Path) -> list[tuple[str, list[str]]]:
@@ -255,6 +257,8 @@ def main() -> None:
     ap.add_argument("--holdout", type=Path, help="CSV whose first column lists ids to leave out")
     ap.add_argument("--annotations", type=Path, help="RSNA ROI annotations (localization step)")
     ap.add_argument("--until", help="stop after this step")
+    ap.add_argument("--skip", action="append", default=[], metavar="STEP",
+                    help="leave this step out (repeatable)")  # fmt: skip
     ap.add_argument("--small-ablation", type=Path,
                     help="profile of a second ablation (smaller budget, more rows)")  # fmt: skip
     ap.add_argument("--no-track", action="store_true", help="no MLflow tracking")
@@ -272,15 +276,20 @@ def main() -> None:
     work = a.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
-    if a.no_track:
+    if a.no_track:  # every step (ablation has no flag in its argv)
+        os.environ[NO_TRACK_ENV] = "1"
         print("MLflow tracking is off (--no-track): metrics go to the reports/ files only")
     write_labels(a, work)
     done = Steps(work, a.profile)
     plan = steps(a, work)
     names = [n for n, _ in plan] + ["calibrate", "evaluate_final", "bundle", "export"]
-    if a.until and a.until not in names:
-        raise SystemExit(f"--until {a.until}: not a step ({', '.join(names)})")
+    for step in ([a.until] if a.until else []) + a.skip:
+        if step not in names:
+            raise SystemExit(f"{step}: not a step ({', '.join(names)})")
     for name, argv in plan:
+        if name in a.skip:
+            print(f"== {name}: skipped (--skip {name})", flush=True)
+            continue
         if name == "ablation":
             reuse_aggregator(work)
         done.run(name, argv)

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The CPU-sized interim reference model: the whole pipeline (benchmarks/rsna_full_gpu.sh)
-# on 4,000 real RSNA 299-px images with benchmarks/params_rsna_cpu_reference.yaml, ending
-# with the int8 export + model card in WORK/run/export/rsna299 (what models/rsna299 holds).
-#   bash benchmarks/rsna_cpu_reference.sh [WORK]          (~1 hour on 2 CPU cores)
+# The CPU-sized interim reference model: the whole pipeline (profiles/run.py) on 4,000
+# real RSNA 299-px images with profiles/rsna_cpu_reference.yaml, ending with the int8
+# export + model card in WORK/run/export/rsna299 (what models/rsna299 holds).
+#   bash profiles/rsna_cpu_reference.sh [WORK]            (~1 hour on 2 CPU cores)
+# (Moved from benchmarks/, where the committed model card still names it; it ran the same
+# boneage commands through the former benchmarks/rsna_full_gpu.sh.)
 # The cohort is the first 4,012 rows of the RSNA training CSV minus the 12 ids of
 # ../shared/data/rsna-bone-age-fullres, linked (never copied) into WORK/cohort, so the
 # full-resolution originals stay unseen by every model and can test it.
@@ -23,10 +25,11 @@ tail -n +2 "$FULLRES/labels.csv" | cut -d, -f1 | sort > "$WORK/excluded_ids.txt"
 tail -n +2 "$WORK/cohort/labels.csv" | cut -d, -f1 | while read -r id; do
   ln -sf "$SRC/boneage-training-dataset/$id.jpg" "$WORK/cohort/$id.jpg"
 done
-export REF_COMMAND="bash benchmarks/rsna_cpu_reference.sh"
-export REF_STATUS="interim, CPU-budget model (4,000 of the 12,611 images, 112-px networks, \
+PYTHON=${PYTHON:-python3}
+exec "$PYTHON" "$HERE/profiles/run.py" "$HERE/profiles/rsna_cpu_reference.yaml" \
+  --work "$WORK/run" --cohort "$WORK/cohort" --labels "$WORK/cohort/labels.csv" \
+  --command "bash profiles/rsna_cpu_reference.sh" \
+  --export-status "interim, CPU-budget model (4,000 of the 12,611 images, 112-px networks, \
 3-6 epochs on 2 CPU cores). It shows the package working end to end on real data; it is \
-far from the method's accuracy. The full-set GPU profile (benchmarks/params_rsna_full_gpu.yaml) \
+far from the method's accuracy. The full-set GPU job (profiles/gpu/job.sh, docs/gpu.md) \
 replaces it once run. Not for clinical use."
-exec bash "$HERE/benchmarks/rsna_full_gpu.sh" "$WORK/cohort" "$WORK/run" \
-  "$HERE/benchmarks/params_rsna_cpu_reference.yaml"

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # The region ablation on a CPU-sized subset of the real RSNA 299-px training set.
-#   bash benchmarks/rsna_subset_ablation.sh [N_IMAGES] [WORKDIR]
+#   bash profiles/rsna_subset_ablation.sh [N_IMAGES] [WORKDIR]
 # Links (never copies) the first N images of ../shared/data/rsna-bone-age-299 into
 # WORKDIR/cohort, then: ingest → 3 localizers → attend ×3 → ablation (every region set of
-# params ablation.configs, identical budget). Budget: benchmarks/params_rsna_cpu.yaml.
+# params ablation.configs, identical budget). Budget: profiles/rsna_cpu_subset.yaml.
 # Result: WORKDIR/reports/ablation.md (and .json). ~20 min for N=900 on 2 CPU cores.
 set -euo pipefail
 N=${1:-900}
 WORK=${2:-/tmp/boneage-rsna-ablation}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 SRC=${RSNA299:-$HERE/../shared/data/rsna-bone-age-299}
-PARAMS=$HERE/benchmarks/params_rsna_cpu.yaml
+PARAMS=$HERE/profiles/rsna_cpu_subset.yaml
 mkdir -p "$WORK/cohort"
 head -n $((N + 1)) "$SRC/boneage-training-dataset.csv" > "$WORK/labels.csv"
 tail -n +2 "$WORK/labels.csv" | cut -d, -f1 | while read -r id; do
