@@ -73,14 +73,19 @@ def ingest(
     from boneage.cohort import CohortError
     from boneage.ingest import format_summary
     from boneage.ingest import ingest as run_ingest
+    from boneage.qc import QCModelError
 
     cfg = _params(params).ingest
     if workers is not None:
         cfg = cfg.model_copy(update={"workers": workers})
+    if out.exists() and not out.is_dir():
+        _fail(f"{out}: --out exists and is not a folder")
     try:
         result = run_ingest(cohort, labels, out, cfg, progress=progress)
-    except CohortError as exc:
+    except (CohortError, QCModelError) as exc:
         _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot write the ingest outputs to {out}: {exc.strerror or exc}")
     typer.echo(format_summary(result))
     if summary is not None:
         summary.parent.mkdir(parents=True, exist_ok=True)
@@ -96,13 +101,21 @@ def validate(
     rejected: Annotated[Path | None, typer.Option(help="rejected.parquet/.csv")] = None,
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
-    """Run the Great Expectations suite; exit 1 naming the failed expectations."""
-    from boneage.validate import validate_files
+    """Run the Great Expectations suite; exit 1 naming the failed expectations. Sex U
+    (unknown) is valid when params ingest.allow_unknown_sex lets ingest write it."""
+    from boneage.validate import DEFAULT_ALLOWED_SEX, validate_files
 
-    cfg = _params(params).validate_
+    p = _params(params)
+    cfg = p.validate_
     if not manifest.is_file():
         _fail(f"{manifest}: manifest not found")
-    report = validate_files(manifest, rejected, cfg, out)
+    if rejected is not None and not rejected.is_file():
+        _fail(f"{rejected}: rejected list not found")
+    allowed = set(DEFAULT_ALLOWED_SEX) | ({"U"} if p.ingest.allow_unknown_sex else set())
+    try:
+        report = validate_files(manifest, rejected, cfg, out, allowed_sex=allowed)
+    except OSError as exc:
+        _fail(f"cannot read the inputs or write {out}: {exc.strerror or exc}")
     n_ok = sum(o.success for o in report.outcomes)
     typer.echo(
         f"validation: {n_ok}/{len(report.outcomes)} expectations passed on {report.n_rows} rows "
@@ -368,6 +381,50 @@ def _check_annotations(ann: Path, attend_root: Path, ingest_dir: Path, out: Path
     for name, g in s["goals"].items():
         obs = "n/a" if g["observed"] is None else f"{g['observed']:.2f}"
         typer.echo(f"  {name:<28} {obs:>6}  (goal {g['goal']}: {'met' if g['met'] else 'NOT met'})")
+
+
+@app.command("train-qc")
+def train_qc(
+    ingest_dir: IngestDirOpt = Path("data/interim/ingest"),
+    out: Annotated[Path, typer.Option(help="QC model dir")] = Path("data/models/qc"),
+    metrics_out: Annotated[
+        Path | None, typer.Option("--metrics", help="also write metrics JSON here (DVC metric)")
+    ] = None,
+    params: ParamsOpt = DEFAULT_PARAMS,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    measure_only: Annotated[
+        bool, typer.Option(help="re-measure the QC model already in OUT (no training)")
+    ] = False,
+) -> None:
+    """Train the image QC network (rotation, inversion, hand presence; params qc) on the
+    ingest's training split, set its thresholds on the validation split and measure it
+    on the test split and a generated corpus of bad images (OUT/metrics.json)."""
+    from boneage.qc import measure_qc
+    from boneage.qc import train_qc as run
+
+    p = _params(params)
+    if not (ingest_dir / "manifest.parquet").is_file():
+        _fail(f"{ingest_dir}: no manifest.parquet (run boneage ingest first)")
+    try:
+        if measure_only:
+            old = out / "metrics.json"
+            keep = json.loads(old.read_text()) if old.is_file() else {}
+            m = measure_qc(
+                p, ingest_dir, out, {k: keep[k] for k in ("train_seconds",) if k in keep}
+            )
+        else:
+            m = run(p, ingest_dir, out, progress, log=typer.echo)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    if metrics_out is not None:
+        metrics_out.parent.mkdir(parents=True, exist_ok=True)
+        metrics_out.write_text(json.dumps(m, indent=2) + "\n")
+    t = m.get("test")
+    measured = (f"; test split: false-reject rate {100 * t['false_reject_rate']:.2f}% "
+                f"(n={t['n']}), corpus catch rate {100 * t['corpus']['catch_rate']:.2f}% "
+                f"(n={t['corpus']['n']})" if t else "")  # fmt: skip
+    trained = f", trained in {m['train_seconds']:.0f}s" if "train_seconds" in m else ""
+    typer.echo(f"QC model ({m['weights_bytes'] / 1e3:.0f} kB{trained}){measured} -> {out}")
 
 
 @app.command()
