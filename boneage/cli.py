@@ -439,16 +439,23 @@ def bundle(
             help="aggregator dir to use instead of MODELS_ROOT/aggregator (e.g. an ablation row's)"
         ),
     ] = None,
+    qc: Annotated[
+        Path | None,
+        typer.Option(help="QC model dir to include [params ingest.qc.model: the shipped one]"),
+    ] = None,
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
-    """Package the three localizers, the aggregator and the carpal head + params into one
-    bundle directory (what `register` logs and `score --model PATH` loads)."""
+    """Package the three localizers, the aggregator, the carpal head, the image QC model
+    and the params into one bundle directory, sealed with the sha256 of every file (what
+    `register` logs and `score --model PATH` loads and verifies)."""
     from boneage.score import build_bundle, bundle_model_dirs
 
     p = _params(params)
     dirs = bundle_model_dirs(models_root)
     if aggregator is not None:
         dirs["aggregator"] = aggregator
+    if qc is not None:
+        dirs["qc"] = qc
     try:
         b = build_bundle(p, dirs, out, p.registry.model_name)
     except (FileNotFoundError, ValueError) as exc:
@@ -562,15 +569,33 @@ def score(
     ),
     labels: Annotated[Path | None, typer.Option(help="labels CSV (sex, ages)")] = None,
     shard_size: Annotated[int | None, typer.Option(help="images per shard [params]")] = None,
+    trust_modified: Annotated[
+        bool,
+        typer.Option(
+            help="score even with a bundle whose files differ from its bundle.json "
+            "(experiments only; recorded in every output)"
+        ),
+    ] = False,
 ) -> None:
     """Score a cohort: predictions.csv/.parquet, overlays/, report.html. Resumable: rerun
-    the same command after an interruption. Exit 1 only if no image could be scored."""
+    the same command after an interruption. OUT must be new, empty, or an earlier run of
+    the same cohort and model. Exit 1 only if no image could be scored, 2 when the model,
+    the cohort or OUT cannot be used."""
     from boneage.score import ScoreError, score_cohort
 
+    if labels is not None and not labels.is_file():
+        _fail(f"{labels}: labels CSV not found")
     try:
-        s = score_cohort(model, cohort, out, labels, shard_size, log=typer.echo)
+        s = score_cohort(model, cohort, out, labels, shard_size, log=typer.echo,
+                         trust_modified=trust_modified)  # fmt: skip
     except ScoreError as exc:
         _fail(str(exc))
+    except OSError as exc:  # e.g. the disk filled up, or OUT turned read-only mid-run
+        _fail(f"cannot write the outputs to {out}: {exc.strerror or exc}")
+    if s.get("trust_modified"):
+        typer.echo(f"warning: scored with a MODIFIED bundle ({len(s['modified_files'])} "
+                   "files differ from its bundle.json); every row is flagged model_modified",
+                   err=True)  # fmt: skip
     typer.echo(
         f"{s['n_ok']}/{s['n']} images scored ({s['n_error']} errors) with {s['model']} "
         f"{s['model_version']} -> {out / 'predictions.csv'}, {out / 'report.html'}"
