@@ -207,7 +207,8 @@ def test_committed_qc_on_real_test_images(rsna299, tmp_path):
     verdicts = model.assess_many(list(px.values()))
     rejected = [i for i, v in zip(ids, verdicts, strict=True) if v.reject]
     assert len(rejected) <= 4, rejected  # <= 1 % here; 0.5 % is the goal on the whole split
-    items = corpus({i: px[i] for i in ids[:60]}, seed=3)
+    upright = [i for i, v in zip(ids, verdicts, strict=True) if not v.reject and not _fixes(v)]
+    items = corpus({i: px[i] for i in upright[:60]}, seed=3)  # 1840 really lies sideways
     caught = 0
     for _kind, _name, img, expected in items:
         got = outcome(img, model, QC_ON)
