@@ -25,9 +25,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from boneage.cohort import discover  # noqa: E402
 from boneage.config import IngestConfig  # noqa: E402
 from boneage.imageio import resize_long_side  # noqa: E402
-from boneage.ingest import ingest  # noqa: E402
+from boneage.ingest import ingest_candidates  # noqa: E402
 from boneage.store import ImageStore  # noqa: E402
 
 DATA = Path(os.environ.get("BONEAGE_DATA_DIR", Path(__file__).resolve().parents[2] / "shared/data"))
@@ -72,7 +73,8 @@ def main() -> None:
     args = ap.parse_args()
     workers = args.workers or os.cpu_count() or 1
     n_images = args.n or (2000 if args.dataset == "rsna299" else 96)
-    cfg = IngestConfig(workers=workers)
+    # the cohort is links into ../shared, and fullres repeats files under new ids
+    cfg = IngestConfig(workers=workers, allow_external_links=True)
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         cohort, labels = make_cohort(args.dataset, n_images, tmp)
@@ -94,7 +96,10 @@ def main() -> None:
         ing_t = float("inf")
         for r in range(args.repeat):
             t0 = time.perf_counter()
-            res = ingest(cohort, labels, tmp / f"out{r}", cfg, progress=False)
+            found = discover(cohort, labels, require_labels=True, allow_unknown_sex=False,
+                             allow_external_links=True)  # fmt: skip
+            res = ingest_candidates(found.candidates, found.rejected, tmp / f"out{r}", cfg,
+                                    progress=False, reject_duplicates=False)  # fmt: skip
             ing_t = min(ing_t, time.perf_counter() - t0)
             assert len(res.manifest) == n, res.rejected.head()
 

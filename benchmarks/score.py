@@ -3,8 +3,8 @@ memory for N vs 10·N images (scoring streams shard by shard).
 
     python benchmarks/score.py [--model data/models/bundle] [--n 32] [--source DIR]
 
-Cohort: the first N (and 10·N) images of ../shared/data/rsna-bone-age-299 (symlinked into
-a temp dir, never copied into the repo), RSNA labels CSV. Each run is a fresh subprocess
+Cohort: the first N (and 10·N) images of ../shared/data/rsna-bone-age-299 (copied to
+a temp dir, never into the repo), RSNA labels CSV. Each run is a fresh subprocess
 of `boneage.score.score_cohort` (ingest → attend hand/r1/r2 → aggregator + carpal head →
 predictions, overlays, report.html) so its peak RSS is its own.
 
@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,7 +42,7 @@ def make_cohort(source: Path, n: int, dest: Path) -> Path:
     labels = pd.read_csv(source / "boneage-training-dataset.csv").head(n)
     dest.mkdir(parents=True, exist_ok=True)
     for i in labels["id"]:
-        (dest / f"{i}.jpg").symlink_to(source / "boneage-training-dataset" / f"{i}.jpg")
+        shutil.copy(source / "boneage-training-dataset" / f"{i}.jpg", dest / f"{i}.jpg")
     labels.to_csv(dest / "labels.csv", index=False)
     return dest
 

@@ -73,14 +73,19 @@ def ingest(
     from boneage.cohort import CohortError
     from boneage.ingest import format_summary
     from boneage.ingest import ingest as run_ingest
+    from boneage.qc import QCModelError
 
     cfg = _params(params).ingest
     if workers is not None:
         cfg = cfg.model_copy(update={"workers": workers})
+    if out.exists() and not out.is_dir():
+        _fail(f"{out}: --out exists and is not a folder")
     try:
         result = run_ingest(cohort, labels, out, cfg, progress=progress)
-    except CohortError as exc:
+    except (CohortError, QCModelError) as exc:
         _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot write the ingest outputs to {out}: {exc.strerror or exc}")
     typer.echo(format_summary(result))
     if summary is not None:
         summary.parent.mkdir(parents=True, exist_ok=True)
@@ -96,13 +101,21 @@ def validate(
     rejected: Annotated[Path | None, typer.Option(help="rejected.parquet/.csv")] = None,
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
-    """Run the Great Expectations suite; exit 1 naming the failed expectations."""
-    from boneage.validate import validate_files
+    """Run the Great Expectations suite; exit 1 naming the failed expectations. Sex U
+    (unknown) is valid when params ingest.allow_unknown_sex lets ingest write it."""
+    from boneage.validate import DEFAULT_ALLOWED_SEX, validate_files
 
-    cfg = _params(params).validate_
+    p = _params(params)
+    cfg = p.validate_
     if not manifest.is_file():
         _fail(f"{manifest}: manifest not found")
-    report = validate_files(manifest, rejected, cfg, out)
+    if rejected is not None and not rejected.is_file():
+        _fail(f"{rejected}: rejected list not found")
+    allowed = set(DEFAULT_ALLOWED_SEX) | ({"U"} if p.ingest.allow_unknown_sex else set())
+    try:
+        report = validate_files(manifest, rejected, cfg, out, allowed_sex=allowed)
+    except OSError as exc:
+        _fail(f"cannot read the inputs or write {out}: {exc.strerror or exc}")
     n_ok = sum(o.success for o in report.outcomes)
     typer.echo(
         f"validation: {n_ok}/{len(report.outcomes)} expectations passed on {report.n_rows} rows "
@@ -434,6 +447,50 @@ def _check_annotations(ann: Path, attend_root: Path, ingest_dir: Path, out: Path
         typer.echo(f"  {name:<28} {obs:>6}  (goal {g['goal']}: {'met' if g['met'] else 'NOT met'})")
 
 
+@app.command("train-qc")
+def train_qc(
+    ingest_dir: IngestDirOpt = Path("data/interim/ingest"),
+    out: Annotated[Path, typer.Option(help="QC model dir")] = Path("data/models/qc"),
+    metrics_out: Annotated[
+        Path | None, typer.Option("--metrics", help="also write metrics JSON here (DVC metric)")
+    ] = None,
+    params: ParamsOpt = DEFAULT_PARAMS,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    measure_only: Annotated[
+        bool, typer.Option(help="re-measure the QC model already in OUT (no training)")
+    ] = False,
+) -> None:
+    """Train the image QC network (rotation, inversion, hand presence; params qc) on the
+    ingest's training split, set its thresholds on the validation split and measure it
+    on the test split and a generated corpus of bad images (OUT/metrics.json)."""
+    from boneage.qc import measure_qc
+    from boneage.qc import train_qc as run
+
+    p = _params(params)
+    if not (ingest_dir / "manifest.parquet").is_file():
+        _fail(f"{ingest_dir}: no manifest.parquet (run boneage ingest first)")
+    try:
+        if measure_only:
+            old = out / "metrics.json"
+            keep = json.loads(old.read_text()) if old.is_file() else {}
+            m = measure_qc(
+                p, ingest_dir, out, {k: keep[k] for k in ("train_seconds",) if k in keep}
+            )
+        else:
+            m = run(p, ingest_dir, out, progress, log=typer.echo)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    if metrics_out is not None:
+        metrics_out.parent.mkdir(parents=True, exist_ok=True)
+        metrics_out.write_text(json.dumps(m, indent=2) + "\n")
+    t = m.get("test")
+    measured = (f"; test split: false-reject rate {100 * t['false_reject_rate']:.2f}% "
+                f"(n={t['n']}), corpus catch rate {100 * t['corpus']['catch_rate']:.2f}% "
+                f"(n={t['corpus']['n']})" if t else "")  # fmt: skip
+    trained = f", trained in {m['train_seconds']:.0f}s" if "train_seconds" in m else ""
+    typer.echo(f"QC model ({m['weights_bytes'] / 1e3:.0f} kB{trained}){measured} -> {out}")
+
+
 @app.command()
 def bundle(
     models_root: Annotated[Path, typer.Option(help="dir holding the trained models")] = Path(
@@ -450,16 +507,23 @@ def bundle(
         Path | None,
         typer.Option(help="calibration.json fitted for this aggregator and carpal head"),
     ] = None,
+    qc: Annotated[
+        Path | None,
+        typer.Option(help="QC model dir to include [params ingest.qc.model: the shipped one]"),
+    ] = None,
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
-    """Package the three localizers, the aggregator and the carpal head + params (+ their
-    calibration) into one bundle directory (what `register` logs and `score` loads)."""
+    """Package the three localizers, the aggregator, the carpal head (+ their calibration),
+    the image QC model and the params into one bundle directory, sealed with the sha256 of
+    every file (what `register` logs and `score --model PATH` loads and verifies)."""
     from boneage.score import build_bundle, bundle_model_dirs
 
     p = _params(params)
     dirs = bundle_model_dirs(models_root)
     if aggregator is not None:
         dirs["aggregator"] = aggregator
+    if qc is not None:
+        dirs["qc"] = qc
     try:
         b = build_bundle(p, dirs, out, p.registry.model_name, calibration)
     except (FileNotFoundError, ValueError) as exc:
@@ -573,15 +637,33 @@ def score(
     ),
     labels: Annotated[Path | None, typer.Option(help="labels CSV (sex, ages)")] = None,
     shard_size: Annotated[int | None, typer.Option(help="images per shard [params]")] = None,
+    trust_modified: Annotated[
+        bool,
+        typer.Option(
+            help="score even with a bundle whose files differ from its bundle.json "
+            "(experiments only; recorded in every output)"
+        ),
+    ] = False,
 ) -> None:
     """Score a cohort: predictions.csv/.parquet, overlays/, report.html. Resumable: rerun
-    the same command after an interruption. Exit 1 only if no image could be scored."""
+    the same command after an interruption. OUT must be new, empty, or an earlier run of
+    the same cohort and model. Exit 1 only if no image could be scored, 2 when the model,
+    the cohort or OUT cannot be used."""
     from boneage.score import ScoreError, score_cohort
 
+    if labels is not None and not labels.is_file():
+        _fail(f"{labels}: labels CSV not found")
     try:
-        s = score_cohort(model, cohort, out, labels, shard_size, log=typer.echo)
+        s = score_cohort(model, cohort, out, labels, shard_size, log=typer.echo,
+                         trust_modified=trust_modified)  # fmt: skip
     except ScoreError as exc:
         _fail(str(exc))
+    except OSError as exc:  # e.g. the disk filled up, or OUT turned read-only mid-run
+        _fail(f"cannot write the outputs to {out}: {exc.strerror or exc}")
+    if s.get("trust_modified"):
+        typer.echo(f"warning: scored with a MODIFIED bundle ({len(s['modified_files'])} "
+                   "files differ from its bundle.json); every row is flagged model_modified",
+                   err=True)  # fmt: skip
     typer.echo(
         f"{s['n_ok']}/{s['n']} images scored ({s['n_error']} errors) with {s['model']} "
         f"{s['model_version']} -> {out / 'predictions.csv'}, {out / 'report.html'}"

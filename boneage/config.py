@@ -58,6 +58,19 @@ class DemoConfig(Strict):
     size: int = Field(512, ge=128, le=4096)
 
 
+class IngestQCConfig(Strict):
+    """Image QC while ingesting (boneage.qc): too small → reject `too_small`; sideways /
+    upside down / inverted → corrected and flagged; not a hand → reject `not_a_hand`.
+    Scoring always runs it (params score.qc); for training ingests it is this switch."""
+
+    enabled: bool = False
+    # the QC network: 'default' = the one shipped with the package (boneage/qc_model,
+    # trained by `boneage train-qc` on the RSNA training split), or a directory
+    model: str = "default"
+    min_side: int = Field(96, ge=1)  # shorter side below this: too_small
+    max_aspect: float = Field(4.0, ge=1)  # long / short side above this: too_small
+
+
 class IngestConfig(Strict):
     store_long_side: int = Field(1024, ge=32)
     max_pixels: int = Field(60_000_000, ge=1)
@@ -67,7 +80,11 @@ class IngestConfig(Strict):
     workers: int = Field(0, ge=0)  # 0 = all cores
     require_labels: bool = True
     allow_unknown_sex: bool = False
+    # files must lie in the cohort dir after resolving symbolic links; true accepts links
+    # that resolve outside it (a cohort made of links into a trusted image collection)
+    allow_external_links: bool = False
     split: SplitConfig = SplitConfig()
+    qc: IngestQCConfig = IngestQCConfig()
 
 
 class ValidateConfig(Strict):
@@ -325,6 +342,34 @@ class ScoreConfig(Strict):
     sds_flag: float = Field(2.0, gt=0)  # flag when |SDS| exceeds it
     overlays: bool = True
     report_thumbnails: int = Field(200, ge=0)  # at most this many overlay thumbnails in report.html
+    qc: bool = True  # image QC before scoring (ingest.qc's model and size limits)
+
+
+class QCTrainConfig(Strict):
+    max_images: int | None = Field(8000, ge=1)  # training-split images used (CPU budget)
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(128, ge=8)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    negative_frac: float = Field(0.35, ge=0, lt=1)  # share of each batch: synthetic non-hands
+    seed: int = 0
+    threads: int = Field(0, ge=0)  # torch CPU threads, 0 = library default
+
+
+class QCConfig(Strict):
+    """The QC network (boneage train-qc): a small CNN at low resolution with three heads,
+    trained without annotations: rotation (0/90/180/270) and inversion of the ingest's
+    training images (self-supervised), and hand vs synthetic non-hand images; plus a
+    feature-space (Mahalanobis) distance to the training images. Thresholds are set on
+    the validation split so that each reject signal rejects at most
+    `target_false_reject` of the validation radiographs."""
+
+    img_size: int = Field(64, ge=32, le=256)
+    channels: tuple[int, ...] = (16, 32, 48, 64, 96)
+    train: QCTrainConfig = QCTrainConfig()
+    target_false_reject: float = Field(0.0015, gt=0, lt=0.5)
+    # correct orientation / inversion only when the predicted probability reaches this
+    min_correct_prob: float = Field(0.5, ge=0.25, le=1)
 
 
 class RegistryConfig(Strict):
@@ -365,6 +410,7 @@ class Params(Strict):
     ablation: AblationConfig = AblationConfig()
     carpal: CarpalConfig = CarpalConfig()
     score: ScoreConfig = ScoreConfig()
+    qc: QCConfig = QCConfig()
     registry: RegistryConfig = RegistryConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
 

@@ -17,8 +17,10 @@ Pipeline (PS3.3 C.11 order):
    linearly to 0..255. A VOI LUT's output range is taken as [min, max] of its data
    (robust to LUTs whose descriptor bit depth overstates the data's);
    without VOI: Bits Stored <= 8 and values already in 0..255 are kept as they are,
-   anything else maps [min, max] linearly to 0..255 (Pixel Padding Value pixels are
-   left out of min/max and come out black);
+   anything else maps its robust [min, max] linearly to 0..255 — outliers far beyond the
+   0.5-99.5th percentile bulk (saturated markers, hot pixels) are left out of the window
+   and clip to black/white (boneage.imageio.robust_range); Pixel Padding Value pixels
+   are left out too and come out black;
 5. MONOCHROME1 is inverted (255 - x) so that bone is bright.
 """
 
@@ -381,8 +383,11 @@ def _apply_window(values: np.ndarray, ds: Dataset) -> np.ndarray | None:
 
 
 def _min_max(values: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    sample = values if mask is None else values[~mask]
-    lo, hi = float(sample.min()), float(sample.max())
+    """[lo, hi] → 0..255 over the robust range (boneage.imageio.robust_range): a
+    saturated marker or hot pixel does not set the window; padding is left out."""
+    from boneage.imageio import robust_range
+
+    lo, hi = robust_range(values, mask)
     if hi <= lo:
         return np.zeros(values.shape, dtype=np.float64)
     return (values.astype(np.float64) - lo) * (255.0 / (hi - lo))

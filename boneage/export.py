@@ -36,6 +36,7 @@ from boneage.score import (
     load_bundle,
     open_model,
     score_in_shards,
+    seal_bundle,
 )
 from boneage.training import compact_format, compact_state
 
@@ -77,6 +78,8 @@ def write_compact_bundle(bundle_dir: Path, out: Path, precision: str) -> dict:
                 "export from full-precision weights"
             )
         torch.save(compact_state(state, precision), tmp / c / "model.pt")
+    if (src.root / "qc").is_dir():  # the QC network is tiny: copied as it is
+        shutil.copytree(src.root / "qc", tmp / "qc")
     meta = dict(src.meta)
     meta["weights_precision"] = precision
     meta["weights_sha256"] = {c: file_hash(tmp / c / "model.pt") for c in COMPONENTS}
@@ -85,7 +88,7 @@ def write_compact_bundle(bundle_dir: Path, out: Path, precision: str) -> dict:
         "from_weights_sha256": src.meta.get("weights_sha256"),
         "from_created": src.meta.get("created"),
     }
-    (tmp / "bundle.json").write_text(json.dumps(meta, indent=2) + "\n")
+    meta = seal_bundle(tmp, meta)
     tmp.rename(out)
     return meta
 
@@ -225,6 +228,7 @@ def export_bundle(
 
     data_md = Path(data_card).read_text() if data_card is not None else None
     (out / "MODEL_CARD.md").write_text(render_card(card, out, data_md, use_path))
+    seal_bundle(out, json.loads((out / "bundle.json").read_text()))  # the card is in it too
     return card
 
 

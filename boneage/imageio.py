@@ -1,9 +1,9 @@
 """Decoding cohort images (PNG/JPEG/TIFF/BMP and DICOM) into normalized 8-bit arrays.
 
 Stored images are 8-bit grayscale: RSNA sources are 8-bit already, and for DICOM the
-VOI LUT/window (or a min-max window when none is given) is applied first, which is how a
-radiologist views the image; the networks consume 8-bit input, so 16 bits in the store
-would double its size for no gain downstream.
+VOI LUT/window (or a robust min-max window when none is given, `robust_range`) is applied
+first, which is how a radiologist views the image; the networks consume 8-bit input, so
+16 bits in the store would double its size for no gain downstream.
 """
 
 from __future__ import annotations
@@ -25,9 +25,23 @@ try:  # ISA-L deflate: same zlib stream format, several times faster at low leve
 except ImportError:  # pragma: no cover - optional speed-up
     _isal_zlib = None
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp", ".webp"}
 # Order of preference when one id has several image files.
-SUFFIX_PRIORITY = [".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp", ".webp"]
+SUFFIX_PRIORITY = [".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp", ".webp",
+                   ".gif"]  # fmt: skip
+IMAGE_SUFFIXES = set(SUFFIX_PRIORITY)
+# what a file starts with, for image files whose name has no (or another) suffix
+_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"II*\x00",
+          b"MM\x00*", b"BM")  # fmt: skip
+
+
+def sniff_image(head: bytes) -> bool:
+    """True when `head` (the first >= 132 bytes of a file) starts like an image format
+    ingest reads: PNG, JPEG, GIF, TIFF, BMP, WebP, or DICOM Part 10 (DICM at byte 128)."""
+    if head[128:132] == b"DICM":
+        return True
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    return any(head.startswith(m) for m in _MAGIC)
 
 
 @dataclass(frozen=True)
@@ -82,10 +96,18 @@ def decode_raster(data: bytes, max_pixels: int) -> DecodedImage:
 
 
 def to_uint8_gray(img: Image.Image) -> np.ndarray:
-    """Any PIL image → 2-D uint8. High bit depths are min-max windowed to 0..255."""
+    """Any PIL image → 2-D uint8. High bit depths are windowed to 0..255 over their
+    robust range (`robust_range`: a saturated marker or a hot pixel does not set the
+    window). Non-finite values (NaN/inf in float images) make the image unreadable."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        return window_to_uint8(arr, float(arr.min()), float(arr.max()))
+        bad = int((~np.isfinite(arr)).sum())
+        if bad:
+            raise RejectError(
+                Reason.UNREADABLE_IMAGE,
+                f"{bad} of {arr.size} pixel values are not finite numbers (NaN or inf)",
+            )
+        return window_to_uint8(arr, *robust_range(arr))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Composite on black so transparent padding does not become a bright frame.
         rgba = img.convert("RGBA")
@@ -94,6 +116,33 @@ def to_uint8_gray(img: Image.Image) -> np.ndarray:
     if img.mode != "L":
         img = img.convert("L")
     return np.asarray(img, dtype=np.uint8).copy()
+
+
+def robust_range(values: np.ndarray, exclude: np.ndarray | None = None) -> tuple[float, float]:
+    """The [lo, hi] window of an image of more than 8 bits: its min and max, except that
+    values far outside the bulk of the histogram are left out — a saturated marker, a
+    burnt-in label or a single hot pixel must not crush the hand into a few grey levels.
+
+    The bulk is the 0.5th-99.5th percentile range of the values other than the exact
+    extremes (plateaus at the min/max are typical of markers and padding; they are left
+    out when at least half the pixels remain); hi is the largest value within half of
+    that range above it, lo the smallest within half of it below. An image with no such
+    outliers gets exactly its min and max. `exclude`: pixels (e.g. DICOM padding) to leave
+    out entirely."""
+    v = values if exclude is None else values[~exclude]
+    v = np.asarray(v, dtype=np.float64).ravel()
+    if v.size == 0:
+        return 0.0, 0.0
+    vmin, vmax = float(v.min()), float(v.max())
+    sample = v[:: max(1, v.size // 4_000_000)]  # percentiles of a few Mpx are enough
+    inner = sample[(sample > vmin) & (sample < vmax)]
+    if inner.size >= 0.5 * sample.size:
+        sample = inner
+    p_lo, p_hi = (float(x) for x in np.percentile(sample, [0.5, 99.5]))
+    reach = 0.5 * (p_hi - p_lo)
+    lo = float(v[v >= p_lo - reach].min())
+    hi = float(v[v <= p_hi + reach].max())
+    return (lo, hi) if hi > lo else (vmin, vmax)
 
 
 def window_to_uint8(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:

@@ -31,7 +31,7 @@ from boneage.store import StoreWriter
 MANIFEST_COLUMNS = [
     "id", "sex", "boneage_months", "chronological_age_months", "split", "source", "format",
     "sha256", "orig_height", "orig_width", "store_height", "store_width", "scale", "shard",
-    "sex_source", "age_source", "label_row",
+    "sex_source", "age_source", "label_row", "qc_flags", "qc_hand_score", "qc_distance",
 ]  # fmt: skip
 REJECTED_COLUMNS = ["id", "source", "row", "reason", "detail"]
 
@@ -78,12 +78,28 @@ def process_image(path: Path, cfg: IngestConfig) -> dict:
     px = img.pixels
     if px.ndim != 2 or min(px.shape) < 1:
         raise RejectError(Reason.UNREADABLE_IMAGE, f"unexpected decoded shape {px.shape}")
+    if cfg.qc.enabled:  # size first: a 10x10 image is too small, whatever it holds
+        from boneage.qc import size_problem
+
+        problem = size_problem(*px.shape, cfg.qc)
+        if problem:
+            raise RejectError(Reason.TOO_SMALL, problem)
     std = float(px[::4, ::4].std())  # subsampled: blank detection needs no full pass
     if std < cfg.min_std:
         raise RejectError(
             Reason.BLANK_IMAGE,
             f"blank or constant image (pixel std {std:.2f} < min_std {cfg.min_std:g})",
         )
+    qc = {"qc_flags": None, "qc_hand_score": None, "qc_distance": None}
+    if cfg.qc.enabled:  # corrected (turned / inverted back) or rejected as not a hand
+        from boneage.qc import load_qc
+
+        verdict = load_qc(cfg.qc.model).assess(px)
+        if verdict.reject:
+            raise RejectError(Reason.NOT_A_HAND, verdict.reject)
+        px = verdict.pixels
+        qc = {"qc_flags": ";".join(verdict.flags), "qc_hand_score": verdict.hand_prob,
+              "qc_distance": verdict.distance}  # fmt: skip
     small, scale = resize_long_side(px, cfg.store_long_side)
     return {
         "png": encode_png(small, cfg.png_compress_level),
@@ -97,6 +113,7 @@ def process_image(path: Path, cfg: IngestConfig) -> dict:
         "dicom_sex": img.sex,
         "dicom_age": img.chronological_age_months,
         "dicom_age_source": img.age_source,
+        **qc,
     }
 
 
@@ -181,6 +198,9 @@ def _finish_row(c: Candidate, rec: dict, cfg: IngestConfig) -> tuple[dict | None
         "sex_source": sex_source,
         "age_source": age_source if chrono is not None else None,
         "label_row": c.label_row,
+        "qc_flags": rec.get("qc_flags"),
+        "qc_hand_score": rec.get("qc_hand_score"),
+        "qc_distance": rec.get("qc_distance"),
     }, None
 
 
@@ -194,7 +214,8 @@ def ingest(
 ) -> IngestResult:
     """Ingest a cohort into OUT: store/, manifest.parquet, rejected.{csv,parquet}, summary.json.
 
-    Raises CohortError when the cohort as a whole cannot be read.
+    Raises CohortError when the cohort as a whole cannot be read, boneage.qc.QCModelError
+    when ingest.qc is enabled and its model cannot be loaded.
     """
     t0 = time.perf_counter()
     cohort: Cohort = discover(
@@ -202,6 +223,7 @@ def ingest(
         labels,
         require_labels=cfg.require_labels,
         allow_unknown_sex=cfg.allow_unknown_sex,
+        allow_external_links=cfg.allow_external_links,
     )
     return ingest_candidates(cohort.candidates, cohort.rejected, out, cfg,
                              progress=progress, t0=t0)  # fmt: skip
@@ -215,25 +237,42 @@ def ingest_candidates(
     *,
     progress: bool = True,
     t0: float | None = None,
+    reject_duplicates: bool = True,
 ) -> IngestResult:
     """Ingest already discovered candidates (a whole cohort, or one scoring shard) into
-    OUT; `rejected_before` (discovery's rejections) go to the rejected list first."""
+    OUT; `rejected_before` (discovery's rejections) go to the rejected list first. A file
+    whose bytes equal those of an image already ingested under another id is rejected
+    (`duplicate_content`: it could land in two splits) unless `reject_duplicates` is
+    False (scoring flags such rows instead)."""
     t0 = time.perf_counter() if t0 is None else t0
     out = Path(out)
+    if cfg.qc.enabled:  # a QC model that cannot be loaded stops the ingest (QCModelError)
+        from boneage.qc import load_qc
+
+        load_qc(cfg.qc.model)
     rejected: list[Rejected] = list(rejected_before)
     rows: list[dict] = []
     workers = cfg.workers or os.cpu_count() or 1
     out.mkdir(parents=True, exist_ok=True)
+    first_with: dict[str, str] = {}  # sha256 of the file → the id ingested with it
     with StoreWriter(out / "store", cfg.shard_size, cfg.store_long_side) as writer:
         results = _iter_results(candidates, cfg, workers, progress)
         for c, (rec, err) in zip(candidates, results, strict=True):
             if err is not None:
                 rejected.append(Rejected(err[0], err[1], c.id, c.source, c.label_row))
                 continue
+            if reject_duplicates and rec["sha256"] in first_with:
+                detail = (f"the same file content (sha256 {rec['sha256'][:16]}...) as the "
+                          f"image of id {first_with[rec['sha256']]!r}")  # fmt: skip
+                rejected.append(
+                    Rejected(Reason.DUPLICATE_CONTENT, detail, c.id, c.source, c.label_row)
+                )
+                continue
             row, bad = _finish_row(c, rec, cfg)
             if bad is not None:
                 rejected.append(bad)
                 continue
+            first_with.setdefault(rec["sha256"], c.id)
             row["shard"] = writer.add(
                 {
                     k: rec[k]
@@ -262,7 +301,8 @@ def ingest_candidates(
 
 def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=columns)
-    for col in ("boneage_months", "chronological_age_months", "scale"):
+    for col in ("boneage_months", "chronological_age_months", "scale", "qc_hand_score",
+                "qc_distance"):  # fmt: skip
         if col in df:
             df[col] = df[col].astype("float64")
     for col in ("orig_height", "orig_width", "store_height", "store_width"):

@@ -25,6 +25,9 @@ class Reason(StrEnum):
     PATH_ESCAPES_COHORT = "path_escapes_cohort"  # CSV path resolves outside the cohort dir
     IMAGE_NOT_FOUND = "image_not_found"  # CSV row whose image file does not exist
     NO_LABEL_ROW = "no_label_row"  # image file with no CSV row (when a CSV is given)
+    DUPLICATE_CONTENT = "duplicate_content"  # same file bytes as an image ingested under another id
+    TOO_SMALL = "too_small"  # QC: shorter side under ingest.qc.min_side, or a sliver
+    NOT_A_HAND = "not_a_hand"  # QC: no hand radiograph (hand score / feature distance)
 
 
 class RejectError(Exception):

@@ -4,10 +4,18 @@ aggregator (+ the carpal-only head) → age distribution → clinical outputs.
 The predictor is a *bundle* directory (built by `build_bundle`, logged to the registry as
 an MLflow pyfunc by boneage.registry):
 
-    bundle.json                    format, name, training age range, reference, provenance
+    bundle.json                    format, name, training age range, reference, provenance,
+                                   and the sha256 of every other file (files_sha256)
     params.yaml                    the params the models were trained/attended with
     localizer_{hand,r1,r2}/        model.pt + config.json
     aggregator/ carpal/            model.pt + config.json
+    qc/                            the image QC network (boneage.qc) scoring runs first
+
+Loading verifies the bundle: every file's sha256 must match bundle.json and no file may
+be missing or unrecorded; otherwise scoring is refused (`--trust-modified` scores anyway
+and says so in every output). The model version a local bundle writes to predictions is
+a hash of the files it actually holds (`local-<12 hex>`, `-modified` appended when they
+were not the recorded ones).
 
 Each shard of a cohort runs through the *same* functions as the training pipeline (ingest,
 attend ×3, the aggregator's region stacking) in a scratch directory, so scoring and
@@ -46,7 +54,7 @@ from PIL import Image, ImageDraw
 from boneage import calibration
 from boneage.aggregator import missing_reason, region_arrays
 from boneage.attend import attend
-from boneage.cohort import Candidate, Rejected, discover, parse_sex
+from boneage.cohort import Candidate, Rejected, discover, id_from_relpath, parse_sex
 from boneage.config import Params
 from boneage.fingerprint import file_hash
 from boneage.ingest import ingest_candidates
@@ -57,7 +65,8 @@ from boneage.review import COLOURS
 from boneage.store import ImageStore
 from boneage.training import TensorData, load_model, predict, resolve_device, sex_code
 
-BUNDLE_FORMAT = "boneage-bundle/1"
+BUNDLE_FORMAT = "boneage-bundle/2"  # /2: bundle.json records files_sha256 (verified on load)
+BUNDLE_META = "bundle.json"
 # the params sections a bundle carries (what scoring and the models depend on); the DVC
 # `bundle` stage lists the same sections
 BUNDLE_PARAM_SECTIONS = ("ingest", "localizer", "attend", "aggregator", "carpal", "score",
@@ -97,6 +106,8 @@ class Bundle:
     root: Path
     meta: dict
     params: Params
+    content_sha256: str = ""  # over the files the bundle holds (what was verified)
+    modified: tuple[str, ...] = ()  # what differs from bundle.json (only with trust_modified)
 
     def component(self, name: str) -> Path:
         return self.root / name
@@ -115,18 +126,77 @@ class Bundle:
         except ValueError as exc:
             raise ScoreError(str(exc)) from None
 
+    def qc_model(self) -> str:
+        """The QC model scoring uses: the bundle's own (qc/), else params ingest.qc.model."""
+        return str(self.root / "qc") if (self.root / "qc").is_dir() else self.params.ingest.qc.model
+
 
 def bundle_model_dirs(models_root: Path) -> dict[str, Path]:
     """The component directories of a pipeline's models root (data/models layout)."""
     return {c: Path(models_root) / c for c in COMPONENTS}
 
 
+def bundle_files(root: Path) -> dict[str, str]:
+    """{posix path relative to the bundle: sha256} of every file but bundle.json."""
+    root = Path(root)
+    files = (f for f in sorted(root.rglob("*")) if f.is_file())
+    return {f.relative_to(root).as_posix(): file_hash(f) for f in files
+            if f.relative_to(root).as_posix() != BUNDLE_META}  # fmt: skip
+
+
+def seal_bundle(root: Path, meta: dict) -> dict:
+    """Write bundle.json = meta + the sha256 of every other file in the bundle."""
+    meta = dict(meta, format=BUNDLE_FORMAT, files_sha256=bundle_files(root))
+    (Path(root) / BUNDLE_META).write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def verify_bundle(root: Path, meta: dict) -> list[str]:
+    """What in the bundle differs from what its bundle.json records ([] = verified)."""
+    recorded = meta.get("files_sha256")
+    if not isinstance(recorded, dict) or not recorded:
+        return ["bundle.json records no per-file checksums (files_sha256): the bundle was "
+                "made before boneage verified bundles; rebuild it with `boneage bundle` or "
+                "re-export it"]  # fmt: skip
+    actual = bundle_files(root)
+    problems = []
+    for rel, h in sorted(recorded.items()):
+        if rel not in actual:
+            problems.append(f"{rel}: missing")
+        elif actual[rel] != h:
+            problems.append(f"{rel}: contents changed (sha256 {actual[rel][:12]}..., "
+                            f"bundle.json records {str(h)[:12]}...)")  # fmt: skip
+    problems += [
+        f"{rel}: not recorded in bundle.json" for rel in sorted(set(actual) - set(recorded))
+    ]
+    for c, h in (meta.get("weights_sha256") or {}).items():
+        if recorded.get(f"{c}/model.pt") != h:
+            problems.append(
+                f"{c}/model.pt: weights_sha256 and files_sha256 of bundle.json disagree"
+            )
+    return problems
+
+
+def _copy_qc(src: Path, out: Path) -> None:
+    src = Path(src)
+    (out / "qc").mkdir()
+    for f in ("model.pt", "config.json", "metrics.json"):
+        if (src / f).is_file():
+            shutil.copy2(src / f, out / "qc" / f)
+    if not (out / "qc" / "model.pt").is_file():
+        raise FileNotFoundError(f"{src}: no QC model (model.pt); run boneage train-qc")
+
+
 def build_bundle(
     params: Params, model_dirs: dict[str, Path], out: Path, name: str,
     calibration: Path | None = None,
 ) -> Bundle:  # fmt: skip
-    """Copy the five trained models + params (+ the calibration fitted for this aggregator
-    and carpal head, `boneage calibrate`) into a self-contained bundle directory."""
+    """Copy the five trained models, the QC model (model_dirs['qc'], else the one params
+    ingest.qc.model names: by default the one shipped with the package), the calibration
+    fitted for this aggregator and carpal head (`boneage calibrate`) and the params into a
+    self-contained, sealed bundle directory."""
+    from boneage.qc import qc_dir
+
     missing = [c for c in COMPONENTS if c not in model_dirs]
     if missing:
         raise ValueError(f"bundle needs models for {', '.join(missing)}")
@@ -143,6 +213,7 @@ def build_bundle(
         for f in ("model.pt", "config.json", "metrics.json"):
             if (src / f).is_file():
                 shutil.copy2(src / f, out / c / f)
+    _copy_qc(model_dirs.get("qc") or qc_dir(params.ingest.qc.model), out)
     dumped = {k: v for k, v in params.model_dump(mode="json", by_alias=True).items()
               if k in BUNDLE_PARAM_SECTIONS}  # fmt: skip
     agg = json.loads((out / "aggregator" / "config.json").read_text())
@@ -162,7 +233,7 @@ def build_bundle(
     }
     if calibration is not None:
         meta["calibration"] = _bundle_calibration(Path(calibration), model_dirs, out)
-    (out / "bundle.json").write_text(json.dumps(meta, indent=2) + "\n")
+    seal_bundle(out, meta)
     return load_bundle(out)
 
 
@@ -178,24 +249,76 @@ def _bundle_calibration(path: Path, model_dirs: dict[str, Path], out: Path) -> d
             raise ValueError(f"{path}: its {comp} calibration was fitted for another model "
                              f"({cal['fitted_on'].get('model_dir')})")  # fmt: skip
     shutil.copy2(path, out / CALIBRATION_FILE)
-    return {"file": CALIBRATION_FILE, "sha256": file_hash(out / CALIBRATION_FILE),
-            "versions": {c: cal["version"] for c, cal in doc["models"].items()}}  # fmt: skip
+    versions = {c: cal["version"] for c, cal in doc["models"].items()}
+    return {"file": CALIBRATION_FILE, "versions": versions}
 
 
-def load_bundle(root: Path) -> Bundle:
-    from boneage.config import load_params
+def load_bundle(root: Path, trust_modified: bool = False) -> Bundle:
+    """Open and verify a bundle (see the module docstring). Raises ScoreError when it is
+    no bundle, is modified (unless `trust_modified`) or its params are invalid."""
+    from boneage.config import ConfigError, load_params
 
     root = Path(root)
-    meta_f = root / "bundle.json"
+    meta_f = root / BUNDLE_META
     if not meta_f.is_file():
         raise ScoreError(f"{root}: not a boneage model bundle (no bundle.json)")
-    meta = json.loads(meta_f.read_text())
-    if meta.get("format") != BUNDLE_FORMAT:
-        raise ScoreError(f"{root}: bundle format {meta.get('format')!r}, expected {BUNDLE_FORMAT}")
+    try:
+        meta = json.loads(meta_f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ScoreError(f"{meta_f}: not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format") not in (BUNDLE_FORMAT, "boneage-bundle/1"):
+        got = meta.get("format") if isinstance(meta, dict) else None
+        raise ScoreError(f"{root}: bundle format {got!r}, expected {BUNDLE_FORMAT}")
+    problems = verify_bundle(root, meta)
+    if problems and not trust_modified:
+        shown = "\n  ".join(problems[:20]) + ("\n  ..." if len(problems) > 20 else "")
+        raise ScoreError(
+            f"{root}: the model bundle does not match its bundle.json; refusing to score "
+            f"with a modified model:\n  {shown}\nRebuild the bundle (boneage bundle) or, "
+            "for an experiment only, pass --trust-modified (recorded in every output)")  # fmt: skip
     for c in COMPONENTS:
         if not (root / c / "model.pt").is_file():
             raise ScoreError(f"{root / c}: model.pt missing from the bundle")
-    return Bundle(root, meta, load_params(root / "params.yaml"))
+    try:
+        params = load_params(root / "params.yaml")
+    except ConfigError as exc:
+        raise ScoreError(f"{root}: the bundle's params.yaml is invalid: {exc}") from exc
+    files = json.dumps(bundle_files(root), sort_keys=True).encode()
+    return Bundle(root, meta, params, hashlib.sha256(files).hexdigest(), tuple(problems))
+
+
+def seal_legacy_bundle(root: Path) -> dict:
+    """Add per-file checksums to a bundle.json written before bundles were verified
+    (format boneage-bundle/1), after checking the checksums it did record (the weights).
+    Only for a bundle whose other files are known to be unmodified (e.g. committed in
+    git); returns the new bundle.json."""
+    root = Path(root)
+    meta = json.loads((root / BUNDLE_META).read_text())
+    if meta.get("files_sha256"):
+        raise ScoreError(f"{root}: bundle.json already records per-file checksums")
+    for c, h in meta["weights_sha256"].items():
+        if file_hash(root / c / "model.pt") != h:
+            raise ScoreError(f"{root / c / 'model.pt'}: does not match its weights_sha256")
+    return seal_bundle(root, meta)
+
+
+def qc_turns(qc_flags) -> int:
+    """Quarter turns (counter-clockwise, np.rot90 sense) the input had before QC turned it
+    upright: 'auto_rotated_90' → 1, … ; 0 when it was not turned."""
+    text = "" if qc_flags is None or pd.isna(qc_flags) else str(qc_flags)
+    m = re.search(r"auto_rotated_(90|180|270)", text)
+    return int(m.group(1)) // 90 if m else 0
+
+
+def box_to_input(box, width: float, height: float, turns: int) -> tuple[float, ...]:
+    """A box in the QC-corrected image (width × height) in the pixels of the input as
+    given, which was the corrected image turned `turns` quarter turns counter-clockwise."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    w, h = float(width), float(height)
+    for _ in range(turns % 4):  # one counter-clockwise quarter turn: (x, y) → (y, w − x)
+        x0, y0, x1, y1 = y0, w - x1, y1, w - x0
+        w, h = h, w
+    return x0, y0, x1, y1
 
 
 def calibration_version(bundle: Bundle) -> str:
@@ -221,16 +344,42 @@ class OpenedModel:
     _loaded: dict = field(default_factory=dict, repr=False, compare=False)
 
     def network(self, component: str, device: torch.device) -> tuple:
-        """(model, meta) of a bundle component, loaded once and reused for every shard."""
+        """(model, meta) of a bundle component, loaded once and reused for every shard.
+        Raises ScoreError when it cannot be loaded (a modified or foreign model dir)."""
         key = (component, str(device))
         if key not in self._loaded:
-            self._loaded[key] = load_model(self.bundle.component(component), device)
+            try:
+                self._loaded[key] = load_model(self.bundle.component(component), device)
+            except Exception as exc:  # noqa: BLE001 - unpickling refused, unknown backbone, ...
+                msg = " ".join(str(exc).split())[:400]
+                where = self.bundle.component(component)
+                raise ScoreError(f"{where}: cannot load the {component} network "
+                                 f"({type(exc).__name__}: {msg})") from exc  # fmt: skip
         return self._loaded[key]
 
+    def check(self) -> None:
+        """Load every network and the QC model now, so that a broken bundle is a clear
+        error before any image is touched (ScoreError)."""
+        from boneage.qc import QCModelError, load_qc
 
-def open_model(ref: str | Path) -> OpenedModel:
+        device = resolve_device(self.bundle.params.attend.device)
+        for c in COMPONENTS:
+            self.network(c, device)
+        if self.bundle.params.score.qc:
+            try:
+                load_qc(self.bundle.qc_model())
+            except QCModelError as exc:
+                raise ScoreError(str(exc)) from exc
+
+    @property
+    def modified(self) -> tuple[str, ...]:
+        return self.bundle.modified
+
+
+def open_model(ref: str | Path, trust_modified: bool = False) -> OpenedModel:
     """A local bundle dir, a local MLflow model dir holding a bundle, or any models:/ or
-    runs:/ URI (resolved through the registry; needs boneage.registry / MLflow)."""
+    runs:/ URI (resolved through the registry; needs boneage.registry / MLflow). Local
+    bundles are verified (`load_bundle`); the version is a hash of their files."""
     ref_s = str(ref)
     if "://" in ref_s or ref_s.startswith("models:/") or ref_s.startswith("runs:/"):
         from boneage.registry import open_registered
@@ -240,14 +389,13 @@ def open_model(ref: str | Path) -> OpenedModel:
     if not path.exists():
         raise ScoreError(f"{path}: model not found (give a bundle dir or a models:/ URI)")
     if (path / "bundle.json").is_file():
-        b = load_bundle(path)
+        b = load_bundle(path, trust_modified)
     else:
         found = sorted(path.glob("**/bundle.json"))
         if not found:
             raise ScoreError(f"{path}: no boneage bundle inside (no bundle.json)")
-        b = load_bundle(found[0].parent)
-    weights = json.dumps(b.meta.get("weights_sha256"), sort_keys=True).encode()
-    version = "local-" + hashlib.sha256(weights).hexdigest()[:12]
+        b = load_bundle(found[0].parent, trust_modified)
+    version = "local-" + b.content_sha256[:12] + ("-modified" if b.modified else "")
     return OpenedModel(b, str(b.meta.get("name", "boneage")), version, str(path.resolve()))
 
 
@@ -261,8 +409,9 @@ def _scoring_params(bundle: Bundle, stage: str = "hand") -> Params:
     2.91 vs 3.80 img/s with 2 workers), no PNG crop copies, a CAM overlay for every image
     from the hand stage only (the one the scoring overlay shows) when overlays are on."""
     p = bundle.params
+    qc = p.ingest.qc.model_copy(update={"enabled": p.score.qc, "model": bundle.qc_model()})
     ingest = p.ingest.model_copy(
-        update={"require_labels": False, "allow_unknown_sex": True, "workers": 1}
+        update={"require_labels": False, "allow_unknown_sex": True, "workers": 1, "qc": qc}
     )
     n_overlays = 10**9 if stage == "hand" and p.score.overlays else 0
     att = p.attend.model_copy(update={"overlays_per_split": n_overlays, "png_store": False})
@@ -303,8 +452,10 @@ def score_candidates(
     candidates: list[Candidate],
     work: Path,
     overlays_dir: Path | None = None,
+    extra_flags: dict[str, list[str]] | None = None,
 ) -> pd.DataFrame:
-    """Score candidates (one shard) in the scratch dir `work`; one row per candidate."""
+    """Score candidates (one shard) in the scratch dir `work`; one row per candidate.
+    `extra_flags`: flags to add per id (e.g. duplicate_content, found by the plan)."""
     bundle = opened.bundle
     params = _scoring_params(bundle)
     scfg = params.score
@@ -312,7 +463,8 @@ def score_candidates(
     if work.exists():
         shutil.rmtree(work)
     paths = StagePaths(ingest=work / "ingest", attend_root=work / "attend")
-    res = ingest_candidates(candidates, [], paths.ingest, params.ingest, progress=False)
+    res = ingest_candidates(candidates, [], paths.ingest, params.ingest, progress=False,
+                            reject_duplicates=False)  # fmt: skip
     manifest = read_manifest(paths.manifest)
     rejected = res.rejected.set_index("id") if len(res.rejected) else pd.DataFrame()
     regions: dict[str, pd.DataFrame] = {}
@@ -347,20 +499,30 @@ def score_candidates(
         if c.id not in m.index:
             r = rejected.loc[c.id] if c.id in rejected.index else None
             why = f"{r['reason']}: {r['detail']}" if r is not None else "not ingested"
-            row.update(status="error", error=why, flags="qc_reject",
+            row.update(status="error", error=why, flags=_reject_flags(opened),
                        sex_used=c.sex, sex_source=c.sex_source)  # fmt: skip
             rows.append(row)
             continue
         mr = m.loc[c.id]
-        flags = []
+        qc_flags = mr.get("qc_flags")  # QC's corrections (NA when QC is off)
+        flags = (
+            [] if qc_flags is None or pd.isna(qc_flags) else [f for f in qc_flags.split(";") if f]
+        )
+        flags += (extra_flags or {}).get(c.id, [])
+        if opened.modified:
+            flags.append("model_modified")
         stage_status = {}
-        row.update(image_width=mr["orig_width"], image_height=mr["orig_height"])
+        turns = qc_turns(mr.get("qc_flags"))
+        w_c, h_c = float(mr["orig_width"]), float(mr["orig_height"])
+        row.update(image_width=h_c if turns % 2 else w_c, image_height=w_c if turns % 2 else h_c)
         for stage in STAGES:
             st = regions[stage].loc[c.id]
             stage_status[stage] = st["status"]
             row[f"{stage}_status"] = st["status"]
             if st["status"] not in ("error", "fallback_prior"):
-                row.update({f"{stage}_{k}": st[k] for k in ("x0", "y0", "x1", "y1")})
+                b = box_to_input((st["x0"], st["y0"], st["x1"], st["y1"]), w_c, h_c, turns)
+                row.update({f"{stage}_{k}": v for k, v in zip(("x0", "y0", "x1", "y1"), b,
+                                                               strict=True)})  # fmt: skip
             if st["status"] in ("fallback_prior", "cam_only"):
                 flags.append(f"localization_{st['status']}:{stage}")
         sex_used = str(mr["sex"])
@@ -448,14 +610,18 @@ def _overlay(id_: str, split: str, store: ImageStore, regions: dict[str, pd.Data
 # ----------------------------------------------------------------------------- a cohort
 
 
+def _reject_flags(opened: OpenedModel) -> str:
+    return "qc_reject;model_modified" if opened.modified else "qc_reject"
+
+
 def _rejected_rows(opened: OpenedModel, rejected: list[Rejected]) -> pd.DataFrame:
     rows = []
     for r in rejected:
         row = dict.fromkeys(PREDICTION_COLUMNS)
         row.update(id=r.id or r.source, source=r.source, status="error",
                    error=f"{r.reason.value}: {r.detail}" + (f" (CSV row {r.row})" if r.row else ""),
-                   flags="qc_reject", model_name=opened.name, model_version=opened.version,
-                   sds_reference=REFERENCE_ID)  # fmt: skip
+                   flags=_reject_flags(opened), model_name=opened.name,
+                   model_version=opened.version, sds_reference=REFERENCE_ID)  # fmt: skip
         rows.append(row)
     return _typed(pd.DataFrame(rows, columns=PREDICTION_COLUMNS))
 
@@ -501,15 +667,15 @@ def plan_scoring(
     from boneage.cohort import CohortError
 
     shard_size = shard_size or opened.bundle.params.score.shard_size
+    out = Path(out)
+    _check_out(out, Path(cohort_dir))
     try:
         cohort = discover(Path(cohort_dir), labels, require_labels=False, allow_unknown_sex=True)
     except CohortError as exc:
         raise ScoreError(str(exc)) from exc
     if not cohort.candidates and not cohort.rejected:
         raise ScoreError(f"{cohort_dir}: no files to score")
-    out = Path(out)
     shards_dir = out / "shards"
-    shards_dir.mkdir(parents=True, exist_ok=True)
     cands = cohort.candidates
     plan = {
         "model": opened.uri, "model_version": opened.version,
@@ -518,19 +684,94 @@ def plan_scoring(
         "shards": [[_cand_dict(c) for c in cands[i : i + shard_size]]
                    for i in range(0, len(cands), shard_size)],
         "rejected": [r.as_dict() for r in cohort.rejected],
+        "duplicate_content": _duplicate_content(cands),
     }  # fmt: skip
     plan_f = shards_dir / "plan.json"
     if plan_f.is_file():
-        if json.loads(plan_f.read_text()) != plan:
+        try:
+            earlier = json.loads(plan_f.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ScoreError(f"{plan_f}: unreadable ({exc}); use a new --out") from exc
+        if earlier != plan:
             raise ScoreError(
                 f"{out}: holds a scoring run of a different cohort, model or shard size "
-                f"(see {plan_f}); use a new --out or delete it")  # fmt: skip
+                f"(see {plan_f}); use a new --out")  # fmt: skip
     else:
-        _atomic_text(json.dumps(plan, indent=1) + "\n", plan_f)
+        try:
+            shards_dir.mkdir(parents=True, exist_ok=True)
+            _atomic_text(json.dumps(plan, indent=1) + "\n", plan_f)
+        except OSError as exc:
+            raise ScoreError(f"{out}: cannot write the outputs there ({exc.strerror or exc})"
+                             ) from exc  # fmt: skip
     rej_f = shards_dir / "rejected.parquet"
     if not rej_f.is_file():
         _atomic_parquet(_rejected_rows(opened, cohort.rejected), rej_f)
     return plan
+
+
+def _check_out(out: Path, cohort_dir: Path) -> None:
+    """OUT must be a new or empty folder, or one holding an earlier `boneage score` run
+    (shards/plan.json; plan_scoring then checks it is of the same cohort and model) —
+    scoring never writes into, or deletes from, a folder of the user's; nor may OUT lie
+    inside the cohort (its outputs would become inputs). Raises ScoreError."""
+    if out.exists() and not out.is_dir():
+        raise ScoreError(f"{out}: --out exists and is not a folder")
+    if cohort_dir.is_dir() and out.resolve().is_relative_to(cohort_dir.resolve()):
+        raise ScoreError(f"{out}: --out lies inside the cohort folder {cohort_dir}; "
+                         "choose a folder outside it")  # fmt: skip
+    if out.is_dir():
+        try:
+            # an empty shards/ left by a run killed before its plan was written is ours
+            entries = [
+                e
+                for e in out.iterdir()
+                if not (e.name == "shards" and e.is_dir() and not any(e.iterdir()))
+            ]
+        except OSError as exc:
+            raise ScoreError(f"{out}: cannot read the --out folder ({exc.strerror or exc})"
+                             ) from exc  # fmt: skip
+        if entries and not (out / "shards" / "plan.json").is_file():
+            raise ScoreError(
+                f"{out}: the folder is not empty and holds no earlier `boneage score` run "
+                "(no shards/plan.json); scoring writes only into a new or empty folder, or "
+                "resumes its own run there. Nothing in it was changed.")  # fmt: skip
+    else:
+        try:
+            out.mkdir(parents=True)
+        except OSError as exc:
+            raise ScoreError(f"{out}: cannot create the --out folder ({exc.strerror or exc})"
+                             ) from exc  # fmt: skip
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ScoreError(f"{out}: the --out folder is not writable")
+
+
+def _duplicate_content(cands: list[Candidate]) -> dict[str, str]:
+    """{id: first id with the same file bytes} for every id whose file is byte-identical
+    to an earlier candidate's (the same radiograph under two ids; flagged, both scored)."""
+    first: dict[str, str] = {}
+    dup: dict[str, str] = {}
+    for c in cands:
+        try:
+            h = file_hash(c.path)
+        except OSError:
+            continue  # unreadable: ingest reports it
+        if h in first:
+            dup[c.id] = first[h]
+            dup.setdefault(first[h], first[h])
+        else:
+            first[h] = c.id
+    return dup
+
+
+def _remove_scratch(out: Path, n_shards: int) -> None:
+    """Delete only what score_shard created: OUT/.work/shard-K (and .work once empty)."""
+    work = out / ".work"
+    for k in range(n_shards):
+        shutil.rmtree(work / f"shard-{k:05d}", ignore_errors=True)
+    try:
+        work.rmdir()
+    except OSError:
+        pass  # absent, or holds something score did not make: left alone
 
 
 def read_plan(out: Path) -> dict:
@@ -550,7 +791,10 @@ def score_shard(opened: OpenedModel, out: Path, k: int, plan: dict | None = None
         return {"shard": k, "skipped": True}
     started = time.time()
     work = out / ".work" / f"shard-{k:05d}"
-    df = score_candidates(opened, [_cand(d) for d in plan["shards"][k]], work, out / "overlays")
+    dup = plan.get("duplicate_content") or {}
+    extra = {i: ["duplicate_content"] for i in dup}
+    df = score_candidates(opened, [_cand(d) for d in plan["shards"][k]], work, out / "overlays",
+                          extra)  # fmt: skip
     _atomic_parquet(df, f)
     shutil.rmtree(work, ignore_errors=True)
     return {"shard": k, "skipped": False, "n": len(df), "n_ok": int((df["status"] == "ok").sum()),
@@ -567,7 +811,7 @@ def finish_scoring(opened: OpenedModel, out: Path, shard_results: list[dict],
     missing = [k for k in range(n) if not (out / "shards" / f"shard-{k:05d}.parquet").is_file()]
     if missing:
         raise ScoreError(f"{out}: shards {missing} not scored yet")
-    shutil.rmtree(out / ".work", ignore_errors=True)
+    _remove_scratch(out, n)
     parts = [pd.read_parquet(out / "shards" / f"shard-{k:05d}.parquet") for k in range(n)]
     preds = pd.concat(parts + [pd.read_parquet(out / "shards" / "rejected.parquet")],
                       ignore_index=True)  # fmt: skip
@@ -585,6 +829,10 @@ def finish_scoring(opened: OpenedModel, out: Path, shard_results: list[dict],
                        images_per_second=round(rate, 3))  # fmt: skip
     if seconds is not None:
         summary["seconds"] = round(seconds, 1)
+    summary["model_verified"] = not opened.modified
+    if opened.modified:  # --trust-modified: what was not as bundle.json records it
+        summary["trust_modified"] = True
+        summary["modified_files"] = list(opened.modified)
     _atomic_text(json.dumps(summary, indent=2) + "\n", out / "summary.json")
     from boneage.report import write_report
 
@@ -600,13 +848,17 @@ def score_cohort(
     labels: Path | None = None,
     shard_size: int | None = None,
     log: Callable[[str], None] = lambda s: None,
+    trust_modified: bool = False,
 ) -> dict:
     """Score every file of a cohort into OUT (resumable; see the module docstring):
     plan_scoring → score_shard for each shard → finish_scoring (flows/score_cohort.py maps
     the same three steps over workers). Raises ScoreError when the model or the cohort
-    cannot be opened."""
+    cannot be opened, or OUT cannot be used (`_check_out`). `trust_modified`: score with
+    a bundle whose files differ from its bundle.json (recorded in every output)."""
     t0 = time.perf_counter()
-    opened = model if isinstance(model, OpenedModel) else open_model(model)
+    _check_out(Path(out), Path(cohort_dir))  # before the model is even opened
+    opened = model if isinstance(model, OpenedModel) else open_model(model, trust_modified)
+    opened.check()
     plan = plan_scoring(opened, cohort_dir, out, labels, shard_size)
     results = []
     for k in range(len(plan["shards"])):
@@ -636,8 +888,6 @@ def summarize(preds: pd.DataFrame, opened: OpenedModel) -> dict:
 
 # ----------------------------------------------------------------------------- a DataFrame
 
-_ID_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
 
 def candidates_from_frame(df: pd.DataFrame) -> list[Candidate]:
     """Rows with `path` (required), optional `id`, `sex` (M/F/...), and
@@ -648,7 +898,7 @@ def candidates_from_frame(df: pd.DataFrame) -> list[Candidate]:
     seen: set[str] = set()
     for k, r in enumerate(df.to_dict("records")):
         path = Path(str(r["path"])).expanduser().resolve()
-        id_ = str(r.get("id") or "") or _ID_SAFE.sub("_", path.stem)[:120] or f"row{k}"
+        id_ = str(r.get("id") or "") or id_from_relpath(path.name) or f"row{k}"
         if id_ in seen:
             id_ = f"{id_}_{k}"
         seen.add(id_)

@@ -27,10 +27,12 @@ def test_aggregator_on_real_rsna_subset_beats_the_mean_by_30_percent(tmp_path, r
     cohort.mkdir()
     for i in labels["id"]:  # links, not copies: the real images stay in ../shared
         (cohort / f"{i}.jpg").symlink_to(rsna299 / "boneage-training-dataset" / f"{i}.jpg")
+    # (links resolve outside the cohort dir: accepted with ingest.allow_external_links)
     labels.to_csv(tmp_path / "labels.csv", index=False)
     params = load_params(
         REPO_ROOT / "params.yaml",
         {
+            "ingest": {"allow_external_links": True},
             "localizer": {
                 "train": {"epochs": 2, "max_train_images": 256, "batch_size": 32},
                 "hand": {"img_size": 96, "epochs": 2},

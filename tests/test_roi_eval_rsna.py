@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,8 +35,8 @@ def test_check_regions_on_annotated_rsna_images(tmp_path, rsna299, data_dir):
     labels = pd.read_csv(rsna299 / "boneage-training-dataset.csv", dtype={"id": str})
     cohort = tmp_path / "cohort"
     cohort.mkdir()
-    for i in ids:
-        (cohort / f"{i}.jpg").symlink_to(rsna299 / "boneage-training-dataset" / f"{i}.jpg")
+    for i in ids:  # copies (24 small JPEGs): links out of the cohort would be refused
+        shutil.copy(rsna299 / "boneage-training-dataset" / f"{i}.jpg", cohort / f"{i}.jpg")
     labels[labels["id"].isin(ids)].to_csv(cohort / "labels.csv", index=False)
     params = MODEL / "params.yaml"
     _cli("ingest", "--cohort", str(cohort), "--labels", str(cohort / "labels.csv"), "--out",

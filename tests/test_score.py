@@ -168,7 +168,7 @@ def test_unopenable_model_or_cohort_is_exit_2_and_all_failed_is_exit_1(bundle, t
     assert p.returncode == 2 and "none" in p.stderr
     junk = tmp_path / "junk"
     junk.mkdir()
-    Image.new("L", (64, 64), 0).save(junk / "blank.png")  # blank: QC reject
+    Image.new("L", (128, 128), 0).save(junk / "blank.png")  # blank: QC reject
     p = subprocess.run(run + ["--model", str(bundle), "--cohort", str(junk)],
                        capture_output=True, text=True)  # fmt: skip
     assert p.returncode == 1, p.stderr

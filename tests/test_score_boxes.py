@@ -4,6 +4,7 @@ outputs of a bundle that carries a calibration."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -20,9 +21,11 @@ HAND = (300, 200, 1200, 1800)  # the bright object's pixels: [x0, x1) x [y0, y1)
 
 
 def _hand_bundle(tmp_path):
-    """Tiny bundle whose hand box is the radiograph's foreground component, no margin."""
+    """Tiny bundle whose hand box is the radiograph's foreground component, no margin
+    (image QC off: the test image is a drawn rectangle, which QC rightly calls no hand)."""
     p = tiny_params(attend={"hand": {"cam_size": 128, "crop_size": 96, "margin": 0.0,
-                                     "tau": 0.01, "refine": "foreground"}})  # fmt: skip
+                                     "tau": 0.01, "refine": "foreground"}},
+                    score={"qc": False})  # fmt: skip
     return make_bundle(tmp_path, age=120, params=p)
 
 
@@ -48,7 +51,7 @@ def test_real_full_resolution_original_boxes_lie_in_its_pixels(tmp_path, rsna_fu
     src = sorted(rsna_fullres.glob("*.png"))[0]
     cohort = tmp_path / "cohort"
     cohort.mkdir()
-    (cohort / src.name).symlink_to(src)
+    shutil.copy(src, cohort / src.name)  # a link out of the cohort would be refused
     out = tmp_path / "out"
     score_cohort(str(make_bundle(tmp_path, age=120)), cohort, out)
     row = pd.read_parquet(out / "predictions.parquet").iloc[0]
@@ -100,3 +103,21 @@ def test_scoring_applies_the_bundle_calibration_and_says_so(tmp_path, rsna299):
     html = (tmp_path / "cal" / "report.html").read_text()
     assert "calibration-warning" not in html and cal["version"] in html
     assert "Reliability of the calibrated intervals" in html
+
+
+@pytest.mark.parametrize("turns", [1, 2, 3])
+def test_boxes_of_a_qc_turned_image_map_back_to_the_input_as_given(turns):
+    from boneage.qc import correct
+    from boneage.score import box_to_input, qc_turns
+
+    assert qc_turns(f"auto_inverted;auto_rotated_{90 * turns}") == turns
+    assert qc_turns("") == 0 and qc_turns(None) == 0
+    upright = np.zeros((40, 30), np.uint8)
+    upright[5:9, 20:27] = 255  # a box at x 20..27, y 5..9 of the upright image
+    given = np.rot90(upright, turns)  # what the user handed in
+    corrected = correct(given, turns, False)
+    assert np.array_equal(corrected, upright)
+    ys, xs = np.nonzero(given)
+    expect = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    got = box_to_input((20, 5, 27, 9), 30, 40, turns)
+    assert got == pytest.approx(expect)
