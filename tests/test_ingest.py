@@ -265,7 +265,7 @@ def test_real_rsna299_subset(rsna299, tmp_path):
         tmp_path / "c", ".jpg",
     )  # fmt: skip
     labels.to_csv(tmp_path / "labels.csv", index=False)
-    cfg = IngestConfig(workers=2)
+    cfg = IngestConfig(workers=2, allow_external_links=True)  # links into the RSNA folder
     res = ingest(cohort, tmp_path / "labels.csv", tmp_path / "out", cfg, progress=False)
     assert len(res.rejected) == 0, res.rejected.head()
     assert len(res.manifest) == 300

@@ -151,8 +151,9 @@ def test_qc_is_on_for_scoring_and_real_training_ingests():
     assert not IngestConfig().qc.enabled  # library default: off (unit tests' textures)
     p = load_params(REPO / "params.yaml")
     assert p.score.qc  # scoring always runs it; the synthetic demo's ingest does not
-    gpu = load_params(REPO / "benchmarks" / "params_rsna_full_gpu.yaml")
-    assert gpu.ingest.qc.enabled and gpu.ingest.qc.model == "default"
+    for profile in ("rsna_gpu_full.yaml", "rsna_cpu_reference.yaml"):
+        real = load_params(REPO / "profiles" / profile)
+        assert real.ingest.qc.enabled and real.ingest.qc.model == "default", profile
 
 
 def test_train_qc_end_to_end_on_a_small_ingest(tmp_path):

@@ -44,11 +44,13 @@ def test_retrain_flow_promotes_then_reruns_nothing(prefect_harness, tmp_path, mo
         assert (tmp_path / "work/models" / k / "model.pt").stat().st_mtime_ns == mtimes[k]
     assert len(client.search_model_versions("name='boneage'")) == 1  # no new version
 
-    # a changed carpal budget re-runs the carpal head and what depends on it, nothing else
+    # a changed carpal budget re-runs the carpal head and what depends on it (its
+    # calibration, hence evaluate, bundle, register, promote), nothing else
     changed = {**SMALL, "carpal": {"img_size": 48, "epochs": 2}}
     third = retrain_flow(wd, overrides=changed)
-    for k in ("localizer_hand", "localizer_r1", "localizer_r2", "aggregator", "evaluate"):
+    for k in ("ingest", "localizer_hand", "localizer_r1", "localizer_r2", "aggregator"):
         assert third[k]["ran_at"] == first[k]["ran_at"], f"{k} should be cached"
-    assert third["carpal"]["ran_at"] > first["carpal"]["ran_at"]
+    for k in ("carpal", "calibrate", "evaluate", "bundle"):
+        assert third[k]["ran_at"] > first[k]["ran_at"], f"{k} should run again"
     assert third["register"]["version"] == "2"
     assert third["promote"]["challenger_version"] == "2"
