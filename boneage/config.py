@@ -289,6 +289,8 @@ class CalibrateConfig(Strict):
     seed: int = 0
     # low_confidence: calibrated SD above its this-quantile on validation
     low_confidence_quantile: float = Field(0.9, gt=0, lt=1)
+    # the linear bias correction is considered only on at least this many val images
+    bias_min_n: int = Field(100, ge=10)
 
     @field_validator("levels")
     @classmethod

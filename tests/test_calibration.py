@@ -66,6 +66,14 @@ def test_linear_bias_is_corrected_and_kept_only_when_it_helps():
     assert abs(np.mean(est - y)) < 0.2
 
 
+def test_no_bias_correction_from_too_few_validation_images():
+    pred, sd, y = _synthetic(3000, 2, scale=0.5, bias=(8.0, 0.9))
+    few = fit_calibration(pred[:60], sd[:60], y[:60], bias_min_n=100)
+    assert few["bias"]["kind"] == "none" and (few["bias"]["a"], few["bias"]["b"]) == (0.0, 1.0)
+    assert "60 validation images < bias_min_n 100" in few["bias"]["why"]
+    assert fit_calibration(pred[:60], sd[:60], y[:60], bias_min_n=50)["bias"]["kind"] == "linear"
+
+
 def test_constant_width_wins_when_the_sd_says_nothing():
     rng = np.random.default_rng(3)
     pred, sd = rng.uniform(20, 220, 3000), rng.uniform(3, 15, 3000)
