@@ -70,7 +70,8 @@ def test_make_run_pipeline_meets_the_localization_acceptance(tmp_path):
 
     promo = json.loads((repo / "data/reports/promote.json").read_text())
     assert promo["promoted"] and promo["challenger_version"] == "1"
-    assert promo["challenger_mae"] == pytest.approx(metrics["mae"], abs=1e-3)
+    # promotion compares calibrated estimates (bias-corrected where calibration kept it)
+    assert promo["challenger_mae"] == pytest.approx(metrics["calibrated"]["mae_after"], abs=1e-3)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     champ = client.get_model_version_by_alias("boneage", "champion")
@@ -79,3 +80,41 @@ def test_make_run_pipeline_meets_the_localization_acceptance(tmp_path):
     # nothing changed → nothing re-runs
     again = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
     assert again.returncode == 0 and "Running stage" not in again.stdout
+    _report_shows_the_reliability_plot(repo, manifest, tmp_path)
+
+
+def _report_shows_the_reliability_plot(repo: Path, manifest: pd.DataFrame, tmp_path: Path):
+    """Scoring labelled demo test images with the pipeline's bundle: the HTML report, as
+    headless Chromium renders it, names the calibration and shows its reliability plot."""
+    import shutil
+
+    from boneage.calibration import load
+    from boneage.score import score_cohort
+    from tests.test_score import _chromium
+
+    exe = _chromium()
+    ids = sorted(manifest.loc[manifest["split"] == "test", "id"])[:12]
+    cohort = tmp_path / "demo_test"
+    cohort.mkdir()
+    labels = pd.read_csv(repo / "data/raw/demo/labels.csv", dtype={"id": str})
+    for i in ids:
+        shutil.copy(repo / "data/raw/demo/images" / f"{i}.png", cohort / f"{i}.png")
+    labels[labels["id"].isin(ids)].to_csv(cohort / "labels.csv", index=False)
+    out = tmp_path / "scored"
+    summary = score_cohort(repo / "data/models/bundle", cohort, out, cohort / "labels.csv")
+    cal = load(repo / "data/models/calibration/calibration.json")["models"]["aggregator"]
+    version = summary["calibration"]  # "aggregator cal-… / carpal cal-…"
+    assert f"aggregator {cal['version']}" in version
+    preds = pd.read_csv(out / "predictions.csv")
+    assert len(preds) == len(ids) and (preds["calibration"] == version).all()
+    assert (preds["status"] == "ok").sum() >= len(ids) // 2, preds[["id", "status"]]
+    url = (out / "report.html").resolve().as_uri()
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    dom = subprocess.run([exe, *flags, "--dump-dom", url], capture_output=True, text=True,
+                         timeout=120).stdout  # fmt: skip
+    assert "<figcaption>Reliability of the calibrated intervals</figcaption>" in dom
+    figure = dom.split("<figcaption>Reliability of the calibrated intervals", 1)[0]
+    figure = figure.rsplit("<img", 1)[1]
+    assert "data:image/png;base64," in figure  # the plot itself, embedded
+    assert f'<td id="calibration">{version}</td>' in dom
+    assert "calibration-warning" not in dom
