@@ -560,6 +560,12 @@ def export(
     use_path: Annotated[
         str | None, typer.Option(help="model path the card's usage line shows (default: --out)")
     ] = None,
+    timings: Annotated[
+        Path | None, typer.Option(help="timings.tsv of the run (profiles/run.py) to quote")
+    ] = None,
+    machine: Annotated[
+        str | None, typer.Option(help="what the run ran on, quoted with --timings")
+    ] = None,
 ) -> None:
     """Compact copy of a bundle for distribution (fp16 or weight-only int8) with a model
     card (MODEL_CARD.md + card.json) stating the exported model's measured error."""
@@ -568,7 +574,8 @@ def export(
 
     try:
         card = export_bundle(bundle_dir, out, weights, ingest, cohort, evaluation, ablation,
-                             data_card, command, title, status, check_max, use_path)  # fmt: skip
+                             data_card, command, title, status, check_max, use_path,
+                             timings, machine)  # fmt: skip
     except (ScoreError, FileNotFoundError, FileExistsError, ValueError) as exc:
         _fail(str(exc))
     m = card.get("metrics")

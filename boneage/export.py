@@ -183,12 +183,17 @@ def export_bundle(
     status: str | None = None,
     check_max: int | None = None,
     use_path: str | None = None,
+    timings: Path | None = None,
+    machine: str | None = None,
 ) -> dict:
-    """Write the compact bundle + card.json + MODEL_CARD.md to `out`; returns the card."""
+    """Write the compact bundle + card.json + MODEL_CARD.md to `out`; returns the card.
+    `timings`: a profiles/run.py timings.tsv (step, wall_s, cpu_s) quoted in the card with
+    `machine`, what the run ran on."""
     if (ingest is None) != (cohort is None):
         raise ValueError("give --ingest and --cohort together (the check images and labels)")
     for p, what in ((evaluation, "--evaluation"), (ablation, "--ablation"),
-                    (data_card, "--data-card"), (ingest, "--ingest")):  # fmt: skip
+                    (data_card, "--data-card"), (ingest, "--ingest"),
+                    (timings, "--timings")):  # fmt: skip
         if p is not None and not Path(p).exists():
             raise FileNotFoundError(f"{p}: {what} not found")
     out = Path(out)
@@ -223,6 +228,8 @@ def export_bundle(
         )
     if ablation is not None:
         card["ablation"] = json.loads(Path(ablation).read_text())
+    if timings is not None:
+        card["timings"] = read_timings(Path(timings), machine)
     (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     from boneage.modelcard import render_card
 
@@ -230,6 +237,17 @@ def export_bundle(
     (out / "MODEL_CARD.md").write_text(render_card(card, out, data_md, use_path))
     seal_bundle(out, json.loads((out / "bundle.json").read_text()))  # the card is in it too
     return card
+
+
+def read_timings(path: Path, machine: str | None) -> dict:
+    """timings.tsv (step, wall_s, cpu_s; cpu_s may be empty) → {'machine', 'steps'}."""
+    df = pd.read_csv(path, sep="\t")
+    if list(df.columns[:2]) != ["step", "wall_s"]:
+        raise ValueError(f"{path}: not a timings.tsv (columns {list(df.columns)})")
+    steps = [{"step": str(r["step"]), "wall_s": float(r["wall_s"]),
+              "cpu_s": None if pd.isna(r.get("cpu_s")) else float(r["cpu_s"])}
+             for r in df.to_dict("records")]  # fmt: skip
+    return {"machine": machine or "not stated", "steps": steps}
 
 
 def _device() -> str:

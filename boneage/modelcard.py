@@ -122,10 +122,23 @@ def _training_section(card: dict, out: Path) -> list[str]:
         lines.append(f"| {name} | {c['backbone']} ({c['pretrained']}) | {c.get('img_size')} | "
                      f"{m.get('epochs_run', '—')} / {tr.get('epochs', '—')} | "
                      f"{_f(m.get('val_mae'))} | {m.get('n_train', '—')} |")  # fmt: skip
+    lines += _timings_lines(card.get("timings"))
     v = next(iter(card["components"].values())).get("versions") or {}
     lines += ["", "Software: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ". "
               f"Exported on {card['exported_on']}. The full parameters are `params.yaml` "
               f"beside this card (sections: {', '.join(params)}).", ""]  # fmt: skip
+    return lines
+
+
+def _timings_lines(t: dict | None) -> list[str]:
+    """Per-stage wall and CPU time of the run that trained the model (export --timings)."""
+    if not t:
+        return []
+    lines = ["", f"Per-stage time of the run that produced it ({t['machine']}):", "",
+             "| step | wall (min) | CPU (min) |", "|---|---:|---:|"]  # fmt: skip
+    for r in t["steps"]:
+        cpu = "—" if r["cpu_s"] is None else f"{r['cpu_s'] / 60:.1f}"
+        lines.append(f"| {r['step']} | {r['wall_s'] / 60:.1f} | {cpu} |")
     return lines
 
 

@@ -92,7 +92,9 @@ def final_steps(a: argparse.Namespace, best: str) -> list[tuple[str, list[str]]]
               a.weights, "--ingest", "ingest", "--cohort", str(a.cohort), "--evaluation",
               "reports/evaluate_final", "--ablation", "reports/ablation.json",
               "--command", a.command or " ".join(sys.argv), "--title", a.export_title,
-              "--use-path", "models/rsna299"]  # fmt: skip
+              "--use-path", "models/rsna299", "--timings", "timings.tsv"]  # fmt: skip
+    if a.machine:
+        export += ["--machine", a.machine]
     if a.data_card:
         export += ["--data-card", str(a.data_card)]
     if a.export_status:
@@ -267,6 +269,8 @@ def main() -> None:
     ap.add_argument("--export-status", default=None)
     ap.add_argument("--data-card", type=Path, default=REPO / "profiles" / "rsna_data_card.md")
     ap.add_argument("--command", default=None, help="the command the model card quotes")
+    ap.add_argument("--machine", default=None,
+                    help="what the run runs on (quoted in the card with step times)")  # fmt: skip
     a = ap.parse_args()
     for name in ("profile", "cohort", "labels", "holdout", "annotations", "data_card",
                  "small_ablation"):  # fmt: skip

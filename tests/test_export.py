@@ -121,10 +121,14 @@ def trained(tmp_path_factory, rsna299):
 def test_export_writes_compact_bundle_and_a_card_of_what_it_measured(trained, tmp_path):
     bundle, cohort, ingest_dir = trained
     (tmp_path / "data.md").write_text("Test data, no terms.\n")
+    (tmp_path / "timings.tsv").write_text(
+        "step\twall_s\tcpu_s\ningest\t12.0\t\naggregator\t600.0\t1150.5\ntotal\t612.0\t1150.5\n"
+    )
     out = tmp_path / "ref"
     card = export_bundle(bundle, out, "int8", ingest=ingest_dir, cohort=cohort,
                          data_card=tmp_path / "data.md", command="make it",
-                         status="test export")  # fmt: skip
+                         status="test export", timings=tmp_path / "timings.tsv",
+                         machine="2 CPU cores")  # fmt: skip
     meta = json.loads((out / "bundle.json").read_text())
     assert meta["weights_precision"] == "int8"
     src_meta = json.loads((bundle / "bundle.json").read_text())
@@ -159,8 +163,12 @@ def test_export_writes_compact_bundle_and_a_card_of_what_it_measured(trained, tm
     md = (out / "MODEL_CARD.md").read_text()
     for part in ("> **Status:** test export", "## Data", "Test data, no terms.", "## Performance",
                  f"**{m['mae']:.2f}**", "## Training", "make it", "## Limitations",
-                 "Greulich–Pyle", f"boneage score --model {out}"):  # fmt: skip
+                 "Greulich–Pyle", f"boneage score --model {out}",
+                 "Per-stage time of the run that produced it (2 CPU cores)",
+                 "| ingest | 0.2 | — |", "| aggregator | 10.0 | 19.2 |"):  # fmt: skip
         assert part in md, part
+    assert card["timings"]["steps"][1] == {"step": "aggregator", "wall_s": 600.0,
+                                           "cpu_s": 1150.5}  # fmt: skip
 
     # exporting again replaces the earlier export; an exported bundle is not re-exported
     export_bundle(bundle, out, "fp16")
