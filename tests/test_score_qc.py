@@ -102,7 +102,9 @@ def test_acceptance_with_the_reference_model(rsna299, tmp_path):
     for stem, flag in (("rotated", "auto_rotated_90"), ("inverted", "auto_inverted")):
         r = df.loc[stem]
         assert r["status"] == "ok" and flag in r["flags"].split(";"), r["flags"]
-        assert r["boneage_months"] == pytest.approx(up["boneage_months"], abs=1e-6)
+        # Same pixels, but scored in another batch position: CPU kernels may round the
+        # last float bits differently (a CI machine gave 1.5e-5 months apart).
+        assert r["boneage_months"] == pytest.approx(up["boneage_months"], abs=1e-3)
     assert df.loc["photo", "error"].startswith("not_a_hand: ")
     assert df.loc["tiny", "error"].startswith("too_small: ")
     g = tmp_path / "good"
