@@ -30,9 +30,12 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from boneage.bundle import OpenedModel  # noqa: E402
 from boneage.cohort import Candidate  # noqa: E402
 from boneage.config import SplitConfig  # noqa: E402
-from boneage.score import OpenedModel, open_model, score_cohort, score_in_shards  # noqa: E402
+from boneage.registry import open_model  # noqa: E402
+from boneage.score import score_in_shards  # noqa: E402
+from boneage.score_cohort import score_cohort  # noqa: E402
 from boneage.split import assign_split  # noqa: E402
 
 

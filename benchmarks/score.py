@@ -34,7 +34,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from boneage.score import load_bundle, score_cohort  # noqa: E402
+from boneage.bundle import load_bundle  # noqa: E402
+from boneage.score_cohort import score_cohort  # noqa: E402
 from boneage.training import autocast, load_model, resolve_device  # noqa: E402
 
 
@@ -129,7 +130,7 @@ def main() -> None:
         r10 = run_worker(a.model, big, tmp / "out-big")
         bundle_dir = Path(a.model) if Path(a.model).exists() else None
         if bundle_dir is None:
-            from boneage.score import open_model
+            from boneage.registry import open_model
 
             bundle_dir = open_model(a.model).bundle.root
         fwd = forward_only(bundle_dir, 10 * a.n)

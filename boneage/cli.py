@@ -516,7 +516,7 @@ def bundle(
     """Package the three localizers, the aggregator, the carpal head (+ their calibration),
     the image QC model and the params into one bundle directory, sealed with the sha256 of
     every file (what `register` logs and `score --model PATH` loads and verifies)."""
-    from boneage.score import build_bundle, bundle_model_dirs
+    from boneage.bundle import build_bundle, bundle_model_dirs
 
     p = _params(params)
     dirs = bundle_model_dirs(models_root)
@@ -569,8 +569,8 @@ def export(
 ) -> None:
     """Compact copy of a bundle for distribution (fp16 or weight-only int8) with a model
     card (MODEL_CARD.md + card.json) stating the exported model's measured error."""
+    from boneage.bundle import ScoreError
     from boneage.export import export_bundle
-    from boneage.score import ScoreError
 
     try:
         card = export_bundle(bundle_dir, out, weights, ingest, cohort, evaluation, ablation,
@@ -597,8 +597,8 @@ def register(
 ) -> None:
     """Log the end-to-end predictor as an MLflow pyfunc and register a new version with
     alias `challenger` (tags: git commit, DVC hashes, params hash)."""
+    from boneage.bundle import ScoreError
     from boneage.registry import register_bundle, write_json
-    from boneage.score import ScoreError
 
     p = _params(params)
     try:
@@ -656,7 +656,8 @@ def score(
     the same command after an interruption. OUT must be new, empty, or an earlier run of
     the same cohort and model. Exit 1 only if no image could be scored, 2 when the model,
     the cohort or OUT cannot be used."""
-    from boneage.score import ScoreError, score_cohort
+    from boneage.bundle import ScoreError
+    from boneage.score_cohort import score_cohort
 
     if labels is not None and not labels.is_file():
         _fail(f"{labels}: labels CSV not found")

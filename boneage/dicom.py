@@ -19,7 +19,7 @@ Pipeline (PS3.3 C.11 order):
    without VOI: Bits Stored <= 8 and values already in 0..255 are kept as they are,
    anything else maps its robust [min, max] linearly to 0..255 — outliers far beyond the
    0.5-99.5th percentile bulk (saturated markers, hot pixels) are left out of the window
-   and clip to black/white (boneage.imageio.robust_range); Pixel Padding Value pixels
+   and clip to black/white (boneage.windowing.robust_range); Pixel Padding Value pixels
    are left out too and come out black;
 5. MONOCHROME1 is inverted (255 - x) so that bone is bright.
 """
@@ -46,6 +46,7 @@ from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.uid import UID, JPEGExtended12Bit
 
 from boneage.rejects import Reason, RejectError
+from boneage.windowing import robust_range
 
 _PREFIX_OFFSET = 128
 _PREFIX = b"DICM"
@@ -383,9 +384,8 @@ def _apply_window(values: np.ndarray, ds: Dataset) -> np.ndarray | None:
 
 
 def _min_max(values: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """[lo, hi] → 0..255 over the robust range (boneage.imageio.robust_range): a
+    """[lo, hi] → 0..255 over the robust range (boneage.windowing.robust_range): a
     saturated marker or hot pixel does not set the window; padding is left out."""
-    from boneage.imageio import robust_range
 
     lo, hi = robust_range(values, mask)
     if hi <= lo:

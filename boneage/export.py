@@ -1,6 +1,6 @@
 """Export a bundle for distribution: compact weights and a model card.
 
-`export_bundle` copies a predictor bundle (see `boneage.score`) with every network's
+`export_bundle` copies a predictor bundle (see `boneage.bundle`) with every network's
 weights stored as fp16 or weight-only int8 (`boneage.training.compact_state`; loading
 restores fp32, so the exported bundle is scored exactly like any other), then measures
 what it ships: the exported bundle and the original are both scored end to end
@@ -26,18 +26,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from boneage.bundle import CALIBRATION_FILE, COMPONENTS, load_bundle, seal_bundle
 from boneage.cohort import Candidate
 from boneage.config import EvaluateConfig
 from boneage.evaluate import compute_metrics
 from boneage.fingerprint import file_hash
-from boneage.score import (
-    CALIBRATION_FILE,
-    COMPONENTS,
-    load_bundle,
-    open_model,
-    score_in_shards,
-    seal_bundle,
-)
+from boneage.registry import open_model
+from boneage.score import score_in_shards
 from boneage.training import compact_format, compact_state
 
 CARD_FORMAT = "boneage-model-card/1"

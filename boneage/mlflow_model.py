@@ -19,7 +19,7 @@ import pandas as pd
 
 class BoneAgePredictor(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from boneage.score import OpenedModel, load_bundle
+        from boneage.bundle import OpenedModel, load_bundle
 
         self.bundle_dir = Path(context.artifacts["bundle"])
         bundle = load_bundle(self.bundle_dir)

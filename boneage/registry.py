@@ -28,14 +28,30 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from boneage.bundle import OpenedModel, ScoreError, load_bundle, open_bundle, params_hash
 from boneage.cohort import discover
 from boneage.config import Params
-from boneage.score import OpenedModel, ScoreError, load_bundle, score_candidates
+from boneage.score import score_candidates
 from boneage.split import assign_split
 from boneage.tracking import Tracker, default_tracking_uri
 
 EXPERIMENT = "boneage-registry"
 CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+def is_registry_uri(ref: str | Path) -> bool:
+    """models:/…, runs:/… or any other URI (resolved through MLflow), not a local path."""
+    ref_s = str(ref)
+    return "://" in ref_s or ref_s.startswith(("models:/", "runs:/"))
+
+
+def open_model(ref: str | Path, trust_modified: bool = False) -> OpenedModel:
+    """What `boneage score --model` accepts: a local bundle dir or a local MLflow model
+    dir holding one (boneage.bundle.open_bundle, verified), or a models:/ / runs:/ URI
+    (`open_registered`; needs MLflow)."""
+    if is_registry_uri(ref):
+        return open_registered(str(ref))
+    return open_bundle(ref, trust_modified)
 
 
 def _client(uri: str | None = None):
@@ -54,7 +70,7 @@ def _signature():
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, Schema
 
-    from boneage.score import FLOAT_COLUMNS, PREDICTION_COLUMNS
+    from boneage.score import FLOAT_COLUMNS, PREDICTION_COLUMNS  # noqa: I001 - lazy: MLflow types first
 
     inputs = Schema([
         ColSpec("string", "path"),
@@ -98,8 +114,6 @@ def register_bundle(
     extra_tags: dict[str, str] | None = None, dvc_lock: Path = Path("dvc.lock"),
 ) -> dict:  # fmt: skip
     """Log + register the bundle; alias `challenger` → the new version. Returns its info."""
-    from boneage.score import params_hash
-
     bundle = load_bundle(bundle_dir)
     name = params.registry.model_name
     mlflow, client = _client(tracking_uri)

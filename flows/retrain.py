@@ -161,7 +161,7 @@ def evaluate_task(wd: str, params_path: str, section: str, input_hash: str, code
 
 @task(name="bundle", **CACHE, **RETRY)
 def bundle_task(wd: str, params_path: str, section: str, input_hash: str, code: str) -> dict:
-    from boneage.score import build_bundle, bundle_model_dirs
+    from boneage.bundle import build_bundle, bundle_model_dirs
 
     w, p = Path(wd), load_params(params_path)
     out = w / "models" / "bundle"

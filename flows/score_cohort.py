@@ -1,6 +1,6 @@
 """Prefect flow: score a cohort in shards mapped over workers (local threads or Ray).
 
-Orchestration only — the three steps are the library's `boneage.score.plan_scoring`,
+Orchestration only — the three steps are the library's `boneage.score_cohort.plan_scoring`,
 `score_shard` and `finish_scoring`, the same ones `boneage score` runs in a loop, so the
 outputs (predictions.csv/.parquet, overlays/, report.html, summary.json) and the
 resumability (finished shards are skipped) are identical.
@@ -23,7 +23,8 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task, unmapped
 
-from boneage.score import finish_scoring, open_model, plan_scoring, score_shard
+from boneage.registry import open_model
+from boneage.score_cohort import finish_scoring, plan_scoring, score_shard
 
 REPO = Path(__file__).resolve().parents[1]
 _OPENED: dict[str, object] = {}  # per worker process: networks loaded once, reused by shards

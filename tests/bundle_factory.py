@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from boneage.bundle import build_bundle
 from boneage.config import ModelConfig, load_params
 from boneage.models import AgeNet
-from boneage.score import build_bundle
 from boneage.training import save_model
 
 REPO = Path(__file__).resolve().parents[1]

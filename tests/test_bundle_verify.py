@@ -16,7 +16,9 @@ import pandas as pd
 import pytest
 import torch
 
-from boneage.score import ScoreError, load_bundle, open_model, score_cohort
+from boneage.bundle import ScoreError, load_bundle
+from boneage.registry import open_model
+from boneage.score_cohort import score_cohort
 from tests.bundle_factory import REPO, make_bundle, rsna_cohort
 
 REF = REPO / "models" / "rsna299"
@@ -101,8 +103,8 @@ def test_version_is_derived_from_the_verified_contents(pristine, tmp_path):
     assert open_model(a).version == open_model(b).version  # same files, same version
     # a consistently re-sealed swap (bundle.json rewritten to match) is a new version
     shutil.copy(b / "carpal" / "model.pt", b / "aggregator" / "model.pt")
+    from boneage.bundle import seal_bundle
     from boneage.fingerprint import file_hash
-    from boneage.score import seal_bundle
 
     meta = json.loads((b / "bundle.json").read_text())
     meta["weights_sha256"]["aggregator"] = file_hash(b / "aggregator" / "model.pt")

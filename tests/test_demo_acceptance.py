@@ -89,7 +89,7 @@ def _report_shows_the_reliability_plot(repo: Path, manifest: pd.DataFrame, tmp_p
     import shutil
 
     from boneage.calibration import load
-    from boneage.score import score_cohort
+    from boneage.score_cohort import score_cohort
     from tests.test_score import _chromium
 
     exe = _chromium()

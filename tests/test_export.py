@@ -11,13 +11,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from boneage.bundle import COMPONENTS
 from boneage.cli import app
 from boneage.config import EvaluateConfig, ModelConfig
 from boneage.evaluate import compute_metrics
 from boneage.export import error_statement, export_bundle
 from boneage.ingest import ingest
 from boneage.models import AgeNet
-from boneage.score import COMPONENTS, open_model, score_frame
+from boneage.registry import open_model
+from boneage.score import score_frame
 from boneage.training import (
     compact_state,
     expand_state,

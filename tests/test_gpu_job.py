@@ -231,7 +231,8 @@ def test_the_pipeline_imports_nothing_the_gpu_machine_lacks(gpu_like_python, tmp
             (site / entry).symlink_to(Path(d.locate_file("")) / entry)
     modules = ["boneage.cli", "boneage.ingest", "boneage.localizer", "boneage.attend",
                "boneage.aggregator", "boneage.evaluate", "boneage.ablation", "boneage.export",
-               "boneage.score", "boneage.training", "boneage.tracking"]  # fmt: skip
+               "boneage.bundle", "boneage.score", "boneage.score_cohort", "boneage.training",
+               "boneage.tracking"]  # fmt: skip
     missing = list(facts.MISSING_MODULES)
     code = (f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
             f"print(sorted(m for m in {missing!r} if m in sys.modules))")  # fmt: skip
@@ -405,7 +406,7 @@ def test_rehearsal_runs_the_gpu_job_on_the_cpu_within_the_limits(tmp_path, rsna2
     the whole pipeline and packs results a device call can bring back."""
     import rehearse
 
-    from boneage.score import load_bundle
+    from boneage.bundle import load_bundle
 
     info = rehearse.rehearse(tmp_path, n=144, deadline=900)
     print(json.dumps({k: v for k, v in info.items() if k != "summary"}, indent=1))

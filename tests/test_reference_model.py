@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from boneage.bundle import COMPONENTS
 from boneage.fingerprint import file_hash
-from boneage.score import COMPONENTS
 
 REF = Path(__file__).resolve().parents[1] / "models" / "rsna299"
 

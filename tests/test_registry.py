@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from boneage.registry import decide, promote, register_bundle
-from boneage.score import score_cohort
+from boneage.score_cohort import score_cohort
 from tests.bundle_factory import make_bundle, rsna_cohort, tiny_params
 
 

@@ -16,8 +16,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from boneage.bundle import ScoreError
 from boneage.reference import REFERENCE_ID, bone_age_sds, reference_sd
-from boneage.score import PREDICTION_COLUMNS, ScoreError, open_model, score_cohort
+from boneage.registry import open_model
+from boneage.score import PREDICTION_COLUMNS
+from boneage.score_cohort import score_cohort
 from tests.bundle_factory import make_bundle, rsna_cohort
 from tests.dicom_factory import CANARY_STRINGS, DEFAULT_BIRTH_DATE, make_dicom
 

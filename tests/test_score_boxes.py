@@ -11,9 +11,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from boneage.bundle import build_bundle, bundle_model_dirs
 from boneage.calibration import FORMAT, fit_calibration
 from boneage.fingerprint import file_hash
-from boneage.score import BOX_COLUMNS, build_bundle, bundle_model_dirs, score_cohort
+from boneage.score import BOX_COLUMNS
+from boneage.score_cohort import score_cohort
 from tests.bundle_factory import make_bundle, rsna_cohort, tiny_params
 
 W, H = 1500, 2000  # a non-square "full-resolution" original

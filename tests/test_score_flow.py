@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from boneage.score import score_cohort
+from boneage.score_cohort import score_cohort
 from tests.bundle_factory import make_bundle, rsna_cohort
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from boneage.score import ScoreError, score_cohort
+from boneage.bundle import ScoreError
+from boneage.score_cohort import score_cohort
 from tests.bundle_factory import make_bundle, rsna_cohort
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from boneage.score import score_cohort
+from boneage.score_cohort import score_cohort
 from tests.bundle_factory import REPO, make_bundle
 from tests.corpus import qc_corpus, save
 
