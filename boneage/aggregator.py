@@ -24,20 +24,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from boneage.checkpoint import checkpoint_path
 from boneage.config import AggregatorConfig, Params
 from boneage.distributed import is_main
 from boneage.localizer import StagePaths, read_manifest
 from boneage.models import AgeNet
 from boneage.tracking import Tracker
-from boneage.training import (
-    TensorData,
-    checkpoint_path,
-    fit,
-    fit_metrics,
-    save_model,
-    seed_everything,
-    sex_code,
-)
+from boneage.training import TensorData, fit, fit_metrics, save_model, seed_everything, sex_code
 from boneage.views import load_views
 
 REGION_STAGE = {"H": "hand", "R1": "r1", "R2": "r2"}

@@ -463,8 +463,8 @@ def train_qc(
     """Train the image QC network (rotation, inversion, hand presence; params qc) on the
     ingest's training split, set its thresholds on the validation split and measure it
     on the test split and a generated corpus of bad images (OUT/metrics.json)."""
-    from boneage.qc import measure_qc
-    from boneage.qc import train_qc as run
+    from boneage.qc_measure import measure_qc
+    from boneage.qc_train import train_qc as run
 
     p = _params(params)
     if not (ingest_dir / "manifest.parquet").is_file():

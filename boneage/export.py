@@ -28,12 +28,12 @@ import torch
 
 from boneage.bundle import CALIBRATION_FILE, COMPONENTS, load_bundle, seal_bundle
 from boneage.cohort import Candidate
+from boneage.compaction import compact_format, compact_state
 from boneage.config import EvaluateConfig
 from boneage.evaluate import compute_metrics
 from boneage.fingerprint import file_hash
 from boneage.registry import open_model
 from boneage.score import score_in_shards
-from boneage.training import compact_format, compact_state
 
 CARD_FORMAT = "boneage-model-card/1"
 COHORT_SIZES = (10, 25, 100)  # the MAE bound a cohort of n images should stay under

@@ -17,19 +17,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from boneage.checkpoint import checkpoint_path
 from boneage.config import Params
 from boneage.distributed import is_main
 from boneage.models import AgeNet
 from boneage.tracking import Tracker
-from boneage.training import (
-    TensorData,
-    checkpoint_path,
-    fit,
-    fit_metrics,
-    save_model,
-    seed_everything,
-    sex_code,
-)
+from boneage.training import TensorData, fit, fit_metrics, save_model, seed_everything, sex_code
 from boneage.views import load_views
 
 STAGES = ("hand", "r1", "r2")

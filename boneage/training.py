@@ -28,18 +28,12 @@ from tqdm import tqdm
 
 from boneage import distributed
 from boneage.augment import augment, hide_patches
+from boneage.checkpoint import fit_fingerprint, resume_checkpoint, save_checkpoint
+from boneage.compaction import expand_state
 from boneage.config import AugmentConfig, ModelConfig, TrainConfig
 from boneage.ldl import expectation, ldl_loss
 from boneage.models import AgeNet
 from boneage.tracking import Tracker
-
-
-def checkpoint_path(out_dir: Path) -> Path:
-    """Where training into `out_dir` keeps its per-epoch resume file: beside the model
-    dir, not in it (DVC empties a stage's outputs before re-running it; the checkpoint
-    must outlive that). Removed once the model is saved."""
-    out_dir = Path(out_dir)
-    return out_dir.parent / ".checkpoints" / f"{out_dir.name}.pt"
 
 
 @dataclass
@@ -238,9 +232,10 @@ def fit(
     evaluated = ema.module if ema is not None else model
     state = {"epoch": 0, "best": math.inf, "best_epoch": -1, "bad": 0, "history": [],
              "seen": 0, "train_time": 0.0, "best_state": None}  # fmt: skip
-    fingerprint = _fit_fingerprint(cfg, train, val, aug, hide)
+    fingerprint = fit_fingerprint(cfg, train, val, aug, hide)
     if checkpoint is not None and Path(checkpoint).is_file():
-        state = _resume(checkpoint, fingerprint, model, opt, sched, ema, gen, aug_gen, state)
+        state = resume_checkpoint(checkpoint, fingerprint, model, opt, sched, ema, gen, aug_gen,
+                                  state)  # fmt: skip
         if rank == 0 and state["epoch"]:
             print(f"resuming from {checkpoint} after epoch {state['epoch']}", file=sys.stderr)
     best_state = state["best_state"] or copy.deepcopy(evaluated.state_dict())
@@ -310,7 +305,7 @@ def fit(
             bad += 1
             stopped = bad >= cfg.patience
         if checkpoint is not None and rank == 0:  # before anything else can fail
-            _save_checkpoint(checkpoint, fingerprint, epoch + 1, model, opt, sched, ema, gen,
+            save_checkpoint(checkpoint, fingerprint, epoch + 1, model, opt, sched, ema, gen,
                              aug_gen, best=best, best_epoch=best_epoch, bad=bad,
                              history=history, seen=seen, train_time=train_time,
                              best_state=best_state)  # fmt: skip
@@ -341,54 +336,6 @@ def _ema_model(model: torch.nn.Module, decay: float):
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-
-
-def _fit_fingerprint(cfg: TrainConfig, train: TensorData, val: TensorData, aug, hide) -> str:
-    """What a checkpoint must have been written for to be resumed: the training settings,
-    augmentation, hiding and the data (sizes and ids)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for part in (cfg.model_dump_json(), aug.model_dump_json() if aug is not None else "none",
-                 json.dumps(list(hide)), "\x1f".join(train.ids), "\x1f".join(val.ids),
-                 str(tuple(train.x.shape))):  # fmt: skip
-        h.update(part.encode())
-        h.update(b"\x00")
-    return h.hexdigest()
-
-
-def _save_checkpoint(path: Path, fingerprint: str, epoch: int, model, opt, sched, ema, gen,
-                     aug_gen, **state) -> None:  # fmt: skip
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    obj = {
-        "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
-        "opt": opt.state_dict(), "sched": sched.state_dict(),
-        "ema": ema.state_dict() if ema is not None else None,
-        "gen": gen.get_state(), "aug_gen": aug_gen.get_state(),
-        "torch_rng": torch.get_rng_state(), **state,
-    }  # fmt: skip
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)  # atomic: a kill mid-write leaves the previous epoch's checkpoint
-
-
-def _resume(path, fingerprint, model, opt, sched, ema, gen, aug_gen, state) -> dict:
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    if obj.get("fingerprint") != fingerprint:
-        print(f"{path}: written for other settings or data; starting afresh", file=sys.stderr)
-        return state
-    model.load_state_dict(obj["model"])
-    opt.load_state_dict(obj["opt"])
-    sched.load_state_dict(obj["sched"])
-    if ema is not None and obj["ema"] is not None:
-        ema.load_state_dict(obj["ema"])
-    gen.set_state(obj["gen"])
-    if aug_gen is not gen:
-        aug_gen.set_state(obj["aug_gen"])
-    torch.set_rng_state(obj["torch_rng"])
-    keys = ("best", "best_epoch", "bad", "history", "seen", "train_time", "best_state")
-    return {"epoch": obj["epoch"], **{k: obj[k] for k in keys}}
 
 
 def _training_images(x: torch.Tensor, device: torch.device, max_frac: float) -> torch.Tensor:
@@ -459,85 +406,6 @@ def load_model(model_dir: Path, device: str | torch.device = "cpu") -> tuple[Age
     model.load_state_dict(expand_state(state, model_dir / "model.pt"))
     model.to(device).eval()
     return model, meta
-
-
-WEIGHT_PRECISIONS = ("fp32", "fp16", "int8")
-_COMPACT_KEY = "boneage_weights"
-
-
-def compact_state(state: dict[str, torch.Tensor], precision: str) -> dict:
-    """A state dict stored smaller, for distribution (`boneage export`).
-
-    fp16: every floating tensor in half precision. int8: weight tensors (>= 2 dims)
-    quantized symmetrically per output channel — row k of W stored as int8
-    round(W_k / s_k) with s_k = max|W_k| / 127 (fp16) — i.e. weight-only quantization;
-    vectors (biases, batch-norm statistics: ~2 % of the values) in fp16. Computation stays
-    fp32 after loading. Tensors are packed into one flat buffer per dtype plus an index
-    (a zip entry per tensor would add ~0.1 MB per network). fp32 returns `state` as is."""
-    if precision not in WEIGHT_PRECISIONS:
-        raise ValueError(f"weights precision {precision!r}: expected one of {WEIGHT_PRECISIONS}")
-    if precision == "fp32":
-        return state
-    flat: dict[str, list[torch.Tensor]] = {}
-    used: dict[str, int] = {}
-
-    def put(group: str, t: torch.Tensor) -> int:
-        offset = used.get(group, 0)
-        flat.setdefault(group, []).append(t.reshape(-1))
-        used[group] = offset + t.numel()
-        return offset
-
-    index = []
-    for name, v in state.items():
-        v = v.detach().cpu()
-        shape = list(v.shape)
-        if not v.is_floating_point():
-            group = str(v.dtype).removeprefix("torch.")
-            index.append([name, group, shape, put(group, v)])
-        elif precision == "int8" and v.dim() >= 2:
-            rows = v.float().reshape(v.shape[0], -1)
-            scale = (rows.abs().amax(dim=1) / 127.0).half()
-            s32 = scale.float()
-            q = torch.where(s32[:, None] > 0, rows / s32.clamp_min(1e-30)[:, None],
-                            torch.zeros_like(rows))  # fmt: skip
-            q = torch.round(q).clamp_(-127, 127).to(torch.int8)
-            index.append([name, "int8", shape, put("int8", q), put("scale", scale)])
-        else:
-            index.append([name, "float16", shape, put("float16", v.half())])
-    data = {g: torch.cat(ts) for g, ts in flat.items()}
-    return {_COMPACT_KEY: f"{precision}/1", "index": index, "data": data}
-
-
-def compact_format(obj: dict) -> str | None:
-    """'int8/1' / 'fp16/1' for a loaded compacted model.pt, None for a plain state dict."""
-    return str(obj[_COMPACT_KEY]) if _COMPACT_KEY in obj else None
-
-
-def expand_state(obj: dict, source: Path | str = "model.pt") -> dict[str, torch.Tensor]:
-    """The fp32 state dict of a plain or compacted (`compact_state`) model.pt."""
-    fmt = compact_format(obj)
-    if fmt is None:
-        return obj
-    if fmt not in ("fp16/1", "int8/1"):
-        raise ValueError(f"{source}: weights format {fmt!r} is not one this boneage reads "
-                         "(fp16/1, int8/1)")  # fmt: skip
-    data, out = obj["data"], {}
-    for name, group, shape, offset, *rest in obj["index"]:
-        n = math.prod(shape)
-        t = data[group][offset : offset + n].reshape(shape)
-        if group == "int8":
-            scale = data["scale"][rest[0] : rest[0] + shape[0]].float()
-            t = (t.float().reshape(shape[0], -1) * scale[:, None]).reshape(shape)
-        elif t.is_floating_point():
-            t = t.float()
-        out[name] = t.clone()
-    return out
-
-
-def weights_precision(model_pt: Path) -> str:
-    """fp32, fp16 or int8: how a model.pt stores its weights."""
-    fmt = compact_format(torch.load(model_pt, map_location="cpu", weights_only=True))
-    return fmt.split("/")[0] if fmt else "fp32"
 
 
 def _version(pkg: str) -> str | None:

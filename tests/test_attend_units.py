@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from boneage.attend import cam_to_box, erase
+from boneage.cam_boxes import cam_to_box, erase
 from boneage.config import AttendStageConfig
 
 CFG = AttendStageConfig(tau=0.5, margin=0.0, min_area=0.01)
@@ -42,7 +42,7 @@ def test_erase_modes_only_touch_the_box():
 
 
 def test_refine_foreground_takes_the_object_holding_the_cam():
-    from boneage.attend import refine_foreground
+    from boneage.cam_boxes import refine_foreground
 
     rng = np.random.default_rng(0)
     view = rng.normal(30, 3, (100, 100)).clip(0, 255).astype(np.uint8)
@@ -65,7 +65,7 @@ def test_refine_foreground_takes_the_object_holding_the_cam():
 
 
 def test_cam_mask_ignores_activation_off_the_radiograph():
-    from boneage.attend import mask_to_foreground
+    from boneage.cam_boxes import mask_to_foreground
 
     view = np.full((60, 60), 20, np.uint8)
     view[10:50, 20:40] = 180  # the hand
@@ -82,7 +82,7 @@ def test_cam_mask_ignores_activation_off_the_radiograph():
 
 
 def test_refine_never_picks_a_small_object_such_as_a_marker_or_an_edge_strip():
-    from boneage.attend import refine_foreground
+    from boneage.cam_boxes import refine_foreground
 
     view = np.full((80, 80), 20, np.uint8)
     view[0:2, :] = 200  # a bright film-edge strip along the top (160 px = 2.5 %)

@@ -11,17 +11,16 @@ import torch
 import torch.nn.functional as F
 from skimage import color, data
 
-from boneage import backbones
+from boneage import backbones, pretrained
 from boneage.backbones import (
     GrayToRGBNormalize,
     InputSpec,
-    PretrainedWeightsError,
     create_backbone,
-    hub_reachable,
     imagenet_classifier,
     input_spec,
     to_model_input,
 )
+from boneage.pretrained import PretrainedWeightsError, hub_reachable
 
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -70,7 +69,7 @@ def test_offline_imagenet_classifies_chelsea_as_a_cat(name):
 
 def test_offline_native_resolutions():
     sizes = {
-        n: input_spec(n, "offline-imagenet").input_size for n in backbones.OFFLINE_IMAGENET_MODELS
+        n: input_spec(n, "offline-imagenet").input_size for n in pretrained.OFFLINE_IMAGENET_MODELS
     }
     assert sizes["efficientnet_lite0"] == (224, 224)
     assert sizes["efficientnet_lite1"] == (240, 240)
@@ -107,7 +106,7 @@ def test_offline_mapping_fails_loudly_on_a_different_architecture():
 
     wrong = timm.create_model("efficientnet_lite1", num_classes=1000)
     with pytest.raises(PretrainedWeightsError, match="in-order mapping is not valid"):
-        backbones._map_offline_state("efficientnet_lite0", wrong)
+        pretrained._map_offline_state("efficientnet_lite0", wrong)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "tv:resnet18", "convnext_atto"])
@@ -161,7 +160,7 @@ def test_hub_without_network_fails_fast_with_a_helpful_message():
             "the Hugging Face hub is reachable from here, so pretrained='hub' would download "
             "instead of failing; the offline error path can only be checked without network"
         )
-    if backbones._timm_cached_file(timm.models.get_pretrained_cfg("efficientnet_lite0")):
+    if pretrained._timm_cached_file(timm.models.get_pretrained_cfg("efficientnet_lite0")):
         pytest.skip("efficientnet_lite0 hub weights are cached locally; 'hub' works offline")
     t0 = time.monotonic()
     with pytest.raises(PretrainedWeightsError) as exc:

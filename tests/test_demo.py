@@ -267,8 +267,8 @@ def test_age_is_in_the_bones(cohort: tuple[Path, pd.DataFrame]) -> None:
     _, table = cohort
     feats, ages = [], []
     for i, row in enumerate(table.head(60).itertuples()):
-        rng = demo._image_rng(3, i)
-        age, male = demo._sample_subject(rng)
+        rng = demo.cohort._image_rng(3, i)
+        age, male = demo.cohort._sample_subject(rng)
         assert (age, male) == (row.boneage, row.male)
         hand = render_hand(age, male, rng, size=128)
         x0, y0, x1, y1 = hand.boxes["r1"]

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from boneage.bundle import COMPONENTS
 from boneage.cli import app
+from boneage.compaction import compact_state, expand_state, weights_precision
 from boneage.config import EvaluateConfig, ModelConfig
 from boneage.evaluate import compute_metrics
 from boneage.export import error_statement, export_bundle
@@ -20,13 +21,7 @@ from boneage.ingest import ingest
 from boneage.models import AgeNet
 from boneage.registry import open_model
 from boneage.score import score_frame
-from boneage.training import (
-    compact_state,
-    expand_state,
-    load_model,
-    save_model,
-    weights_precision,  # fmt: skip
-)
+from boneage.training import load_model, save_model  # fmt: skip
 from tests.bundle_factory import make_bundle, rsna_cohort, tiny_params
 
 

