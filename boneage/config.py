@@ -5,6 +5,10 @@ Unknown keys are errors, so a typo in params.yaml fails loudly instead of being 
 
 from __future__ import annotations
 
+import atexit
+import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -25,8 +30,60 @@ class ConfigError(ValueError):
     """params.yaml (or an override) is missing, malformed or has invalid values."""
 
 
+# Tracing which params a process reads (tests/test_demo_acceptance.py checks that every
+# DVC stage declares exactly those): with BONEAGE_TRACE_PARAMS=FILE, every leaf value read
+# from a Params tree that `load_params` made (attribute access, or model_dump of a
+# section) is recorded by its dotted key, and one JSON line {"argv", "reads"} is appended
+# to FILE when the process exits.
+TRACE_ENV = "BONEAGE_TRACE_PARAMS"
+_READS: set[str] | None = None
+
+
+def _write_trace(path: str) -> None:
+    line = json.dumps({"argv": sys.argv[1:], "reads": sorted(_READS or ())}) + "\n"
+    with open(path, "a") as f:
+        f.write(line)
+
+
+if os.environ.get(TRACE_ENV):
+    _READS = set()
+    atexit.register(_write_trace, os.environ[TRACE_ENV])
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    _trace_path: str | None = PrivateAttr(default=None)
+
+    def __getattribute__(self, name: str):
+        value = object.__getattribute__(self, name)
+        if _READS is None or name.startswith("_") or name not in type(self).model_fields:
+            return value
+        path = object.__getattribute__(self, "__pydantic_private__").get("_trace_path")
+        if path is None:
+            return value
+        key = f"{path}.{name}" if path else name
+        if isinstance(value, Strict):
+            if value._trace_path is None:
+                value._trace_path = key
+        else:
+            _READS.add(key)
+        return value
+
+    def _trace_all(self) -> None:
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, Strict):
+                value._trace_all()
+
+    def model_dump(self, *args, **kwargs):
+        if _READS is not None:
+            self._trace_all()
+        return super().model_dump(*args, **kwargs)
+
+    def model_dump_json(self, *args, **kwargs):
+        if _READS is not None:
+            self._trace_all()
+        return super().model_dump_json(*args, **kwargs)
 
 
 class SplitConfig(Strict):
@@ -443,9 +500,12 @@ def load_params(
     if overrides:
         raw = _deep_merge(raw, overrides)
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{path}: invalid parameters\n{_format_errors(exc)}") from exc
+    if _READS is not None:
+        params._trace_path = ""  # the root: its sections are traced as 'ingest', ...
+    return params
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Prefect flow for the data part of the pipeline: ingest → validate.
 
-Orchestration only: each task calls the same library function as the DVC stage
-(`boneage ingest` / `boneage validate`), so there is one implementation of each step.
+Orchestration only: the tasks are flows/tasks.py's (shared with flows/retrain.py), each
+calling the same library function as the DVC stage (`boneage ingest` / `boneage
+validate`), so there is one implementation of each step.
 
     python -m flows.pipeline --cohort DIR --labels CSV --out DIR [--params params.yaml]
 """
@@ -11,40 +12,25 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import flow
 
-from boneage.config import load_params
-from boneage.ingest import format_summary, ingest
-from boneage.validate import validate_files
-
-
-@task(name="ingest", retries=1, retry_delay_seconds=5)
-def ingest_task(cohort: Path, labels: Path | None, out: Path, params: Path) -> dict:
-    cfg = load_params(params).ingest
-    result = ingest(cohort, labels, out, cfg, progress=False)
-    get_run_logger().info(format_summary(result))
-    return result.summary
-
-
-@task(name="validate")
-def validate_task(out: Path, params: Path) -> dict:
-    cfg = load_params(params).validate_
-    report = validate_files(
-        out / "manifest.parquet", out / "rejected.parquet", cfg, out / "validation"
-    )
-    if not report.success:
-        names = ", ".join(f"{o.name}({o.column or ''})" for o in report.failed())
-        raise RuntimeError(f"validation failed: {names}")
-    return {"expectations": len(report.outcomes), "rows": report.n_rows}
+from boneage.fingerprint import code_version, tree_hash
+from flows.tasks import ingest_task, run, section, validate_task
 
 
 @flow(name="boneage-data")
 def data_flow(
     cohort: Path, labels: Path | None, out: Path, params: Path = Path("params.yaml")
 ) -> dict:
-    summary = ingest_task(cohort, labels, out, params)
-    validation = validate_task(out, params)
-    return {"ingest": summary, "validation": validation}
+    """Ingest `cohort` into `out` and validate it (report in out/validation); the tasks
+    are flows/retrain.py's. Raises ValidationFailed when an expectation fails."""
+    pp, code = str(params), code_version()
+    source = tree_hash(Path(cohort)) + ":" + tree_hash(Path(labels) if labels else None)
+    ing = run(ingest_task, Path(out), str(cohort), str(labels) if labels else None, str(out),
+              pp, section(pp, "ingest"), source, code)  # fmt: skip
+    validation = validate_task(str(out), pp, section(pp, "validate"), ing["hash"], code,
+                               str(Path(out) / "validation"))  # fmt: skip
+    return {"ingest": ing["summary"], "validation": validation}
 
 
 def main() -> None:
