@@ -171,8 +171,7 @@ def build_bundle(
             if (src / f).is_file():
                 shutil.copy2(src / f, out / c / f)
     _copy_qc(model_dirs.get("qc") or qc_dir(params.ingest.qc.model), out)
-    dumped = {k: v for k, v in params.model_dump(mode="json", by_alias=True).items()
-              if k in BUNDLE_PARAM_SECTIONS}  # fmt: skip
+    dumped = bundle_sections(params)
     agg = json.loads((out / "aggregator" / "config.json").read_text())
     # the params describe the aggregator the bundle holds (e.g. an ablation row's)
     dumped["aggregator"]["regions"] = list(agg["regions"])
@@ -237,7 +236,7 @@ def load_bundle(root: Path, trust_modified: bool = False) -> Bundle:
         if not (root / c / "model.pt").is_file():
             raise ScoreError(f"{root / c}: model.pt missing from the bundle")
     try:
-        params = load_params(root / "params.yaml")
+        params = load_params(root / "params.yaml", complete=BUNDLE_PARAM_SECTIONS, trace=False)
     except ConfigError as exc:
         raise ScoreError(f"{root}: the bundle's params.yaml is invalid: {exc}") from exc
     files = json.dumps(bundle_files(root), sort_keys=True).encode()
@@ -268,8 +267,15 @@ def calibration_version(bundle: Bundle) -> str:
     return " / ".join(f"{c} {v}" for c, v in sorted(versions.items()))
 
 
+def bundle_sections(params: Params) -> dict:
+    """The params sections a bundle holds (BUNDLE_PARAM_SECTIONS), as plain data."""
+    return {s: getattr(params, s).model_dump(mode="json", by_alias=True)
+            for s in BUNDLE_PARAM_SECTIONS}  # fmt: skip
+
+
 def params_hash(params: Params) -> str:
-    blob = json.dumps(params.model_dump(mode="json", by_alias=True), sort_keys=True)
+    """SHA-256 of the bundle sections of `params` (what a bundle's models depend on)."""
+    blob = json.dumps(bundle_sections(params), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -61,6 +61,7 @@ class Strict(BaseModel):
         path = object.__getattribute__(self, "__pydantic_private__").get("_trace_path")
         if path is None:
             return value
+        name = type(self).model_fields[name].alias or name  # validate_ → validate
         key = f"{path}.{name}" if path else name
         if isinstance(value, Strict):
             if value._trace_path is None:
@@ -89,10 +90,10 @@ class Strict(BaseModel):
 class SplitConfig(Strict):
     """Deterministic train/val/test split derived from a hash of (seed, id)."""
 
-    train: float = Field(0.8, ge=0, le=1)
-    val: float = Field(0.1, ge=0, le=1)
-    test: float = Field(0.1, ge=0, le=1)
-    seed: int = 42
+    train: float = Field(ge=0, le=1)
+    val: float = Field(ge=0, le=1)
+    test: float = Field(ge=0, le=1)
+    seed: int
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitConfig:
@@ -105,14 +106,14 @@ class SplitConfig(Strict):
 class DataConfig(Strict):
     """Where the cohort to train on lives (relative to the repo root or absolute)."""
 
-    cohort: str = "data/raw/demo/images"
-    labels: str | None = "data/raw/demo/labels.csv"
+    cohort: str
+    labels: str | None
 
 
 class DemoConfig(Strict):
-    n: int = Field(240, ge=1)
-    seed: int = 0
-    size: int = Field(512, ge=128, le=4096)
+    n: int = Field(ge=1)
+    seed: int
+    size: int = Field(ge=128, le=4096)
 
 
 class IngestQCConfig(Strict):
@@ -120,52 +121,52 @@ class IngestQCConfig(Strict):
     upside down / inverted → corrected and flagged; not a hand → reject `not_a_hand`.
     Scoring always runs it (params score.qc); for training ingests it is this switch."""
 
-    enabled: bool = False
+    enabled: bool
     # the QC network: 'default' = the one shipped with the package (boneage/qc_model,
     # trained by `boneage train-qc` on the RSNA training split), or a directory
-    model: str = "default"
-    min_side: int = Field(96, ge=1)  # shorter side below this: too_small
-    max_aspect: float = Field(4.0, ge=1)  # long / short side above this: too_small
+    model: str
+    min_side: int = Field(ge=1)  # shorter side below this: too_small
+    max_aspect: float = Field(ge=1)  # long / short side above this: too_small
 
 
 class IngestConfig(Strict):
-    store_long_side: int = Field(1024, ge=32)
-    max_pixels: int = Field(60_000_000, ge=1)
-    min_std: float = Field(2.0, ge=0)
-    png_compress_level: int = Field(1, ge=0, le=9)
-    shard_size: int = Field(256, ge=1)
-    workers: int = Field(0, ge=0)  # 0 = all cores
-    require_labels: bool = True
-    allow_unknown_sex: bool = False
+    store_long_side: int = Field(ge=32)
+    max_pixels: int = Field(ge=1)
+    min_std: float = Field(ge=0)
+    png_compress_level: int = Field(ge=0, le=9)
+    shard_size: int = Field(ge=1)
+    workers: int = Field(ge=0)  # 0 = all cores
+    require_labels: bool
+    allow_unknown_sex: bool
     # files must lie in the cohort dir after resolving symbolic links; true accepts links
     # that resolve outside it (a cohort made of links into a trusted image collection)
-    allow_external_links: bool = False
-    split: SplitConfig = SplitConfig()
-    qc: IngestQCConfig = IngestQCConfig()
+    allow_external_links: bool
+    split: SplitConfig
+    qc: IngestQCConfig
 
 
 class ValidateConfig(Strict):
-    max_rejected_fraction: float = Field(0.01, ge=0, le=1)
-    min_image_side: int = Field(64, ge=1)
-    max_image_side: int = Field(20_000, ge=1)
-    require_labels: bool = True
+    max_rejected_fraction: float = Field(ge=0, le=1)
+    min_image_side: int = Field(ge=1)
+    max_image_side: int = Field(ge=1)
+    require_labels: bool
 
 
 # ----------------------------------------------------------------------------- models
 
 
 class ModelConfig(Strict):
-    backbone: str = "efficientnet_lite0"
-    pretrained: str = "offline-imagenet"  # offline-imagenet | hub | none
-    pool: str = Field("avg", pattern="^(avg|max)$")
-    output_stride: int = Field(32, description="32, or 16/8 for finer CAMs (timm models)")
-    sex_dim: int = Field(0, ge=0)  # 0 = no sex input
-    k: int = Field(240, ge=2)
-    dropout: float = Field(0.2, ge=0, lt=1)
+    backbone: str
+    pretrained: str  # offline-imagenet | hub | none
+    pool: str = Field(pattern='^(avg|max)$')
+    output_stride: int = Field(description='32, or 16/8 for finer CAMs (timm models)')
+    sex_dim: int = Field(ge=0)  # 0 = no sex input
+    k: int = Field(ge=2)
+    dropout: float = Field(ge=0, lt=1)
     # How several stacked regions enter the network (aggregator): "stack" = as the channels
     # of one backbone (paper); "per_region" = one backbone per region, pooled features
     # concatenated before the head (3x the compute and weights for H+R1+R2).
-    fusion: str = Field("stack", pattern="^(stack|per_region)$")
+    fusion: str = Field(pattern='^(stack|per_region)$')
 
 
 class TrainConfig(Strict):
@@ -174,65 +175,65 @@ class TrainConfig(Strict):
     def _amp_bool(cls, v: Any) -> Any:
         return {True: "auto", False: "fp32"}.get(v, v) if isinstance(v, bool) else v
 
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(32, ge=1)
-    eval_batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    warmup_frac: float = Field(0.05, ge=0, lt=1)
-    patience: int = Field(5, ge=1)  # epochs without val-MAE improvement before stopping
-    seed: int = 0
-    max_train_images: int | None = Field(None, ge=1)  # subset for CPU runs
-    max_val_images: int | None = Field(None, ge=1)
-    sigma: float = Field(15.0, gt=0)  # Gaussian label distribution width (months)
-    lam: float = Field(0.5, ge=0)  # weight of KL(G || p) next to |y - E[p]|
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    eval_batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_frac: float = Field(ge=0, lt=1)
+    patience: int = Field(ge=1)  # epochs without val-MAE improvement before stopping
+    seed: int
+    max_train_images: int | None = Field(ge=1)  # subset for CPU runs
+    max_val_images: int | None = Field(ge=1)
+    sigma: float = Field(gt=0)  # Gaussian label distribution width (months)
+    lam: float = Field(ge=0)  # weight of KL(G || p) next to |y - E[p]|
     # exponential moving average of the weights (decay per step; 0 = off): the averaged
     # weights are validated, kept and saved
-    ema: float = Field(0.0, ge=0, lt=1)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    ema: float = Field(ge=0, lt=1)
+    device: str  # auto | cpu | cuda | cuda:N
     # bf16 autocast: auto = on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), fp32
     # elsewhere; bf16 = always; fp32 = never (true/false: auto/fp32, as older configs say)
-    amp: str = Field("auto", pattern="^(auto|bf16|fp32)$")
-    channels_last: bool = True  # NHWC memory format (faster convolutions on CUDA and CPU)
-    compile: bool = False  # torch.compile the model (CUDA)
-    threads: int = Field(0, ge=0)  # torch CPU threads, 0 = library default
+    amp: str = Field(pattern='^(auto|bf16|fp32)$')
+    channels_last: bool  # NHWC memory format (faster convolutions on CUDA and CPU)
+    compile: bool  # torch.compile the model (CUDA)
+    threads: int = Field(ge=0)  # torch CPU threads, 0 = library default
     # CUDA: keep the whole uint8 training set on the GPU when it takes at most this share
     # of free GPU memory (batches are then indexed there: no host→device copy per step)
-    data_on_device_max_frac: float = Field(0.25, ge=0, le=1)
+    data_on_device_max_frac: float = Field(ge=0, le=1)
 
 
 class AugmentConfig(Strict):
-    rotation_deg: float = Field(15.0, ge=0, le=180)
-    scale: tuple[float, float] = (0.9, 1.1)
-    shift: float = Field(0.08, ge=0, le=0.5)  # fraction of the side
-    hflip_p: float = Field(0.0, ge=0, le=1)  # hands are left hands: off by default
-    brightness: float = Field(0.1, ge=0, le=1)  # additive, fraction of full range
-    contrast: tuple[float, float] = (0.85, 1.15)
-    gamma: tuple[float, float] = (0.8, 1.25)
+    rotation_deg: float = Field(ge=0, le=180)
+    scale: tuple[float, float]
+    shift: float = Field(ge=0, le=0.5)  # fraction of the side
+    hflip_p: float = Field(ge=0, le=1)  # hands are left hands: off by default
+    brightness: float = Field(ge=0, le=1)  # additive, fraction of full range
+    contrast: tuple[float, float]
+    gamma: tuple[float, float]
 
 
 class LocalizerStageConfig(Strict):
     """Per-stage settings of a localizer (hand / r1 / r2)."""
 
-    img_size: int = Field(256, ge=32)  # network input side (letterboxed square)
-    epochs: int | None = Field(None, ge=1)  # overrides localizer.train.epochs
+    img_size: int = Field(ge=32)  # network input side (letterboxed square)
+    epochs: int | None = Field(ge=1)  # overrides localizer.train.epochs
     # hide-and-seek while training: grid×grid patches, each hidden with probability
     # hide_p, so the CAM covers the whole region rather than its most telling part
-    hide_grid: int = Field(0, ge=0)
-    hide_p: float = Field(0.5, ge=0, le=1)
+    hide_grid: int = Field(ge=0)
+    hide_p: float = Field(ge=0, le=1)
 
 
 class LocalizerConfig(Strict):
-    model: ModelConfig = ModelConfig()
-    train: TrainConfig = TrainConfig()
-    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig
+    train: TrainConfig
+    augment: AugmentConfig
     # CAM class weights: those of the classes within ±cam_window months of the predicted
     # age; null: every class weighted by its predicted probability (expected weights
     # under the predicted distribution; measured better on the demo's R1/R2, see README).
-    cam_window: int | None = Field(None, ge=0)
-    hand: LocalizerStageConfig = LocalizerStageConfig()
-    r1: LocalizerStageConfig = LocalizerStageConfig()
-    r2: LocalizerStageConfig = LocalizerStageConfig()
+    cam_window: int | None = Field(ge=0)
+    hand: LocalizerStageConfig
+    r1: LocalizerStageConfig
+    r2: LocalizerStageConfig
 
     def stage(self, name: str) -> LocalizerStageConfig:
         return getattr(self, name)
@@ -247,60 +248,56 @@ class AttendStageConfig(Strict):
     # predicted at the trained size, the feature maps for the CAM come from a pass at
     # cam_size; ~2x the training size gives a grid twice as fine and localizes markedly
     # better (measured on the demo cohort).
-    cam_size: int | None = Field(None, ge=32)
-    tau: float = Field(0.5, gt=0, le=1)  # CAM threshold (CAM normalised to [0, 1])
-    margin: float = Field(0.1, ge=0, le=1)  # box growth per side, fraction of box size
-    crop_size: int = Field(256, ge=16)  # side of the square crop written to the crop store
-    min_area: float = Field(0.002, ge=0, lt=1)  # smallest component, fraction of the input
+    cam_size: int | None = Field(ge=32)
+    tau: float = Field(gt=0, le=1)  # CAM threshold (CAM normalised to [0, 1])
+    margin: float = Field(ge=0, le=1)  # box growth per side, fraction of box size
+    crop_size: int = Field(ge=16)  # side of the square crop written to the crop store
+    min_area: float = Field(ge=0, lt=1)  # smallest component, fraction of the input
     # Box used when no CAM component passes (status 'fallback_prior'), relative to the
     # stage's input view: (x0, y0, x1, y1) in [0, 1].
-    prior: RelBox = (0.0, 0.0, 1.0, 1.0)
-    erase: str = Field("mean", pattern="^(mean|noise|blur)$")  # r1: how E fills the R1 box
+    prior: RelBox
+    erase: str = Field(pattern='^(mean|noise|blur)$')  # r1: how E fills the R1 box
     # Box refinement after the CAM: 'none' keeps the CAM component's box; 'foreground'
     # takes the radiograph's foreground component (Otsu threshold of the smoothed view,
     # padding excluded) holding the most CAM mass: a class activation map lights up the
     # most age-discriminative bones, not the whole hand, so its box alone under-covers the
     # hand; the CAM still decides which object is the hand (no annotations either way).
-    refine: str = Field("none", pattern="^(none|foreground)$")
+    refine: str = Field(pattern='^(none|foreground)$')
     # 'foreground': the CAM is set to 0 off the radiograph's foreground (Otsu, grown by 3
     # px) before thresholding: regions of a hand lie on the hand. Measured on the demo: R2
     # boxes on the true region 70 % → 82 % (CAMs were drawn to background and to the edges
     # of the erased R1 rectangle).
-    cam_mask: str = Field("none", pattern="^(none|foreground)$")
+    cam_mask: str = Field(pattern='^(none|foreground)$')
     # Foreground threshold for `refine`/`cam_mask`: this fraction of the way from the
     # background level (5th percentile) up to Otsu's threshold. 1 = Otsu's; lower keeps
     # thin soft tissue (fingertips, thumb) that Otsu's threshold cuts off (hand boxes on
     # annotated RSNA images: see docs/localization.md).
-    fg_level: float = Field(1.0, gt=0, le=1)
+    fg_level: float = Field(gt=0, le=1)
     # Anatomical prior: the CAM is weighted by a Gaussian centred on the `prior` box, SDs
     # prior_sigma × its width/height (null = no weighting), before thresholding: the CAM
     # picks the place, the prior keeps it on the right part of the view (chosen on
     # annotated RSNA images, never trained on them: docs/localization.md).
-    prior_sigma: float | None = Field(None, gt=0)
+    prior_sigma: float | None = Field(gt=0)
     # Smallest box (before margin) as fractions of the view's width/height; a CAM
     # component smaller than that is grown about its centre (null = no minimum).
-    min_size: tuple[float, float] | None = None
+    min_size: tuple[float, float] | None
 
 
 class AttendConfig(Strict):
-    batch_size: int = Field(32, ge=1)
-    device: str = "auto"
+    batch_size: int = Field(ge=1)
+    device: str
     # CAM passes under bf16 autocast: auto = CUDA or a CPU with native bf16 (see
     # TrainConfig.amp); fp32 = never
-    amp: str = Field("auto", pattern="^(auto|bf16|fp32)$")
-    overlays_per_split: int = Field(8, ge=0)
-    png_store: bool = True  # also write every crop as a PNG file for review
+    amp: str = Field(pattern='^(auto|bf16|fp32)$')
+    overlays_per_split: int = Field(ge=0)
+    png_store: bool  # also write every crop as a PNG file for review
     # processes for the per-image work after the CAM pass (box, refinement, crop, PNG
     # encoding): 1 = in this process; 0 = one per CPU core. Passes over fewer than
     # boneage.attend.POOL_MIN_IMAGES images (scoring's shards) always stay in-process.
-    workers: int = Field(1, ge=0)
-    hand: AttendStageConfig = AttendStageConfig(tau=0.25, margin=0.08, crop_size=512)
-    r1: AttendStageConfig = AttendStageConfig(
-        tau=0.5, margin=0.15, crop_size=256, prior=(0.25, 0.55, 0.75, 0.95)
-    )
-    r2: AttendStageConfig = AttendStageConfig(
-        tau=0.4, margin=0.1, crop_size=256, prior=(0.1, 0.0, 0.9, 0.7)
-    )
+    workers: int = Field(ge=0)
+    hand: AttendStageConfig
+    r1: AttendStageConfig
+    r2: AttendStageConfig
 
     def stage(self, name: str) -> AttendStageConfig:
         return getattr(self, name)
@@ -316,11 +313,11 @@ class AggregatorConfig(Strict):
     metacarpal/phalanx crop, E = hand crop with R1 erased (attend outputs).
     """
 
-    regions: tuple[str, ...] = ("H", "R1", "R2")
-    img_size: int = Field(256, ge=32)  # every region is resized to img_size x img_size
-    model: ModelConfig = ModelConfig(sex_dim=32, output_stride=32)
-    train: TrainConfig = TrainConfig()
-    augment: AugmentConfig = AugmentConfig()
+    regions: tuple[str, ...]
+    img_size: int = Field(ge=32)  # every region is resized to img_size x img_size
+    model: ModelConfig
+    train: TrainConfig
+    augment: AugmentConfig
 
     @field_validator("regions")
     @classmethod
@@ -334,20 +331,20 @@ class AggregatorConfig(Strict):
 
 
 class EvaluateConfig(Strict):
-    interval: float = Field(0.9, gt=0, lt=1)  # central interval of the predicted distribution
-    age_bands_years: tuple[float, ...] = (0, 5, 10, 15, 20)  # MAE by band [a, b)
+    interval: float = Field(gt=0, lt=1)  # central interval of the predicted distribution
+    age_bands_years: tuple[float, ...]  # MAE by band [a, b)
 
 
 class CalibrateConfig(Strict):
     """Calibration fitted on the validation split (boneage.calibration)."""
 
-    levels: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)  # nominal central interval levels
-    folds: int = Field(5, ge=2)  # cross-validation folds within the validation split
-    seed: int = 0
+    levels: tuple[float, ...]  # nominal central interval levels
+    folds: int = Field(ge=2)  # cross-validation folds within the validation split
+    seed: int
     # low_confidence: calibrated SD above its this-quantile on validation
-    low_confidence_quantile: float = Field(0.9, gt=0, lt=1)
+    low_confidence_quantile: float = Field(gt=0, lt=1)
     # the linear bias correction is considered only on at least this many val images
-    bias_min_n: int = Field(100, ge=10)
+    bias_min_n: int = Field(ge=10)
 
     @field_validator("levels")
     @classmethod
@@ -359,18 +356,15 @@ class CalibrateConfig(Strict):
 
 class LocalizationConfig(Strict):
     # folder of manual RSNA ROI annotations (boneage.roi_eval); only measured against
-    annotations: str = "../shared/data/rsna-roi-annotations"
+    annotations: str
 
 
 class AblationConfig(Strict):
     # region sets trained and evaluated with the aggregator's budget (params aggregator)
-    configs: tuple[tuple[str, ...], ...] = (
-        ("O",), ("H",), ("R1",), ("R2",), ("H", "R1"), ("R1", "R2"),
-        ("O", "H", "R1"), ("H", "R1", "E"), ("H", "R1", "R2"),
-    )  # fmt: skip
+    configs: tuple[tuple[str, ...], ...]  # fmt: skip
     # region sets trained once more with fusion per_region (one backbone per region,
     # features concatenated), same budget otherwise: the measured case for that mode
-    per_region: tuple[tuple[str, ...], ...] = (("H", "R1", "R2"),)
+    per_region: tuple[tuple[str, ...], ...]
 
     @field_validator("configs", "per_region")
     @classmethod
@@ -389,30 +383,30 @@ class CarpalConfig(Strict):
     """The carpal-only head (region R1 alone) whose age is reported beside the main one:
     the aggregator's model/training settings with this resolution and epoch count."""
 
-    img_size: int = Field(96, ge=32)
-    epochs: int = Field(5, ge=1)
+    img_size: int = Field(ge=32)
+    epochs: int = Field(ge=1)
 
 
 class ScoreConfig(Strict):
     """Scoring new cohorts (boneage score)."""
 
-    shard_size: int = Field(32, ge=1)  # images per resumable shard
-    low_confidence_sd_months: float = Field(18.0, gt=0)  # flag when the predicted SD exceeds it
-    sds_flag: float = Field(2.0, gt=0)  # flag when |SDS| exceeds it
-    overlays: bool = True
-    report_thumbnails: int = Field(200, ge=0)  # at most this many overlay thumbnails in report.html
-    qc: bool = True  # image QC before scoring (ingest.qc's model and size limits)
+    shard_size: int = Field(ge=1)  # images per resumable shard
+    low_confidence_sd_months: float = Field(gt=0)  # flag when the predicted SD exceeds it
+    sds_flag: float = Field(gt=0)  # flag when |SDS| exceeds it
+    overlays: bool
+    report_thumbnails: int = Field(ge=0)  # at most this many overlay thumbnails in report.html
+    qc: bool  # image QC before scoring (ingest.qc's model and size limits)
 
 
 class QCTrainConfig(Strict):
-    max_images: int | None = Field(8000, ge=1)  # training-split images used (CPU budget)
-    epochs: int = Field(8, ge=1)
-    batch_size: int = Field(128, ge=8)
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(5e-4, ge=0)
-    negative_frac: float = Field(0.35, ge=0, lt=1)  # share of each batch: synthetic non-hands
-    seed: int = 0
-    threads: int = Field(0, ge=0)  # torch CPU threads, 0 = library default
+    max_images: int | None = Field(ge=1)  # training-split images used (CPU budget)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=8)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    negative_frac: float = Field(ge=0, lt=1)  # share of each batch: synthetic non-hands
+    seed: int
+    threads: int = Field(ge=0)  # torch CPU threads, 0 = library default
 
 
 class QCConfig(Strict):
@@ -423,55 +417,55 @@ class QCConfig(Strict):
     the validation split so that each reject signal rejects at most
     `target_false_reject` of the validation radiographs."""
 
-    img_size: int = Field(64, ge=32, le=256)
-    channels: tuple[int, ...] = (16, 32, 48, 64, 96)
-    train: QCTrainConfig = QCTrainConfig()
-    target_false_reject: float = Field(0.0015, gt=0, lt=0.5)
+    img_size: int = Field(ge=32, le=256)
+    channels: tuple[int, ...]
+    train: QCTrainConfig
+    target_false_reject: float = Field(gt=0, lt=0.5)
     # correct orientation / inversion only when the predicted probability reaches this
-    min_correct_prob: float = Field(0.5, ge=0.25, le=1)
+    min_correct_prob: float = Field(ge=0.25, le=1)
 
 
 class RegistryConfig(Strict):
     """Model registry and the promotion gate (boneage register / promote)."""
 
-    model_name: str = Field("boneage", pattern=r"^[A-Za-z0-9_.-]+$")
-    margin_months: float = Field(0.5, ge=0)  # challenger must beat champion MAE by this much
+    model_name: str = Field(pattern='^[A-Za-z0-9_.-]+$')
+    margin_months: float = Field(ge=0)  # challenger must beat champion MAE by this much
     # the fixed evaluation set both models are scored on: the labelled rows of this
     # cohort whose project split (ingest.split, by id hash) is `eval_split`
-    eval_cohort: str = "data/raw/demo/images"
-    eval_labels: str = "data/raw/demo/labels.csv"
-    eval_split: str = Field("test", pattern="^(train|val|test|all)$")
+    eval_cohort: str
+    eval_labels: str
+    eval_split: str = Field(pattern='^(train|val|test|all)$')
 
 
 class OrchestrationConfig(Strict):
     """Prefect deployments (flows/deployments.py)."""
 
-    retrain_cron: str = "0 3 * * 1"  # every Monday 03:00
-    timezone: str = "UTC"
-    retrain_workdir: str = "data/retrain"
-    retrain_cohort: str | None = None  # None = the synthetic demo cohort
-    retrain_labels: str | None = None
+    retrain_cron: str  # every Monday 03:00
+    timezone: str
+    retrain_workdir: str
+    retrain_cohort: str | None  # None = the synthetic demo cohort
+    retrain_labels: str | None
 
 
 class Params(Strict):
     """All of params.yaml. Sections are optional; missing ones take their defaults."""
 
-    data: DataConfig = DataConfig()
-    demo: DemoConfig = DemoConfig()
-    ingest: IngestConfig = IngestConfig()
-    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
-    localizer: LocalizerConfig = LocalizerConfig()
-    attend: AttendConfig = AttendConfig()
-    aggregator: AggregatorConfig = AggregatorConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
-    calibrate: CalibrateConfig = CalibrateConfig()
-    localization: LocalizationConfig = LocalizationConfig()
-    ablation: AblationConfig = AblationConfig()
-    carpal: CarpalConfig = CarpalConfig()
-    score: ScoreConfig = ScoreConfig()
-    qc: QCConfig = QCConfig()
-    registry: RegistryConfig = RegistryConfig()
-    orchestration: OrchestrationConfig = OrchestrationConfig()
+    data: DataConfig
+    demo: DemoConfig
+    ingest: IngestConfig
+    validate_: ValidateConfig = Field(alias='validate')
+    localizer: LocalizerConfig
+    attend: AttendConfig
+    aggregator: AggregatorConfig
+    evaluate: EvaluateConfig
+    calibrate: CalibrateConfig
+    localization: LocalizationConfig
+    ablation: AblationConfig
+    carpal: CarpalConfig
+    score: ScoreConfig
+    qc: QCConfig
+    registry: RegistryConfig
+    orchestration: OrchestrationConfig
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -484,10 +478,84 @@ def _format_errors(err: ValidationError) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- defaults
+# params.yaml at the repository root is the ONLY source of default values: the classes
+# above declare types and bounds, no defaults; at import every field gets its default from
+# params.yaml (a section's field from that section; a class used by several sections,
+# e.g. TrainConfig in localizer.train and aggregator.train, takes its own field defaults
+# from the first of them in params.yaml). A key params.yaml lacks is an import error.
+DEFAULTS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+def _set_defaults(cls: type[Strict], data: Any, where: str, done: set[type]) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{DEFAULTS_FILE}: {where or 'top level'} must be a mapping")
+    first = cls not in done
+    done.add(cls)
+    for name, field in cls.model_fields.items():
+        key = field.alias or name
+        if key not in data:
+            raise ConfigError(f"{DEFAULTS_FILE}: {where + '.' if where else ''}{key} is missing; "
+                              "params.yaml holds the default of every parameter")  # fmt: skip
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, Strict):
+            _set_defaults(sub, data[key], f"{where}.{key}" if where else key, done)
+    value = cls.model_validate(data)  # validated: bounds, patterns, lists → tuples
+    for name, field in cls.model_fields.items():
+        sub = field.annotation
+        if first or (isinstance(sub, type) and issubclass(sub, Strict)):
+            field.default = getattr(value, name)
+    cls.model_rebuild(force=True)
+
+
+def defaults() -> Params:
+    """The params params.yaml gives (every default)."""
+    return Params()
+
+
+def _load_defaults() -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(DEFAULTS_FILE.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{DEFAULTS_FILE}: cannot read the default params ({exc})") from exc
+    _set_defaults(Params, raw, "", set())
+    return raw
+
+
+_DEFAULTS_RAW = _load_defaults()
+
+
+def missing_keys(raw: Any, cls: type[Strict] = None, where: str = "") -> list[str]:
+    """The dotted keys of the schema that `raw` (a params mapping) does not state."""
+    cls = cls or Params
+    out: list[str] = []
+    for name, field in cls.model_fields.items():
+        key = field.alias or name
+        dotted = f"{where}.{key}" if where else key
+        if not isinstance(raw, dict) or key not in raw:
+            out.append(dotted)
+            continue
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, Strict):
+            out += missing_keys(raw[key], sub, dotted)
+    return out
+
+
 def load_params(
-    path: str | Path = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None
+    path: str | Path = DEFAULT_PARAMS,
+    overrides: dict[str, Any] | None = None,
+    complete: tuple[str, ...] | None = None,
+    trace: bool = True,
 ) -> Params:
-    """Load and validate params.yaml. A missing file gives all defaults."""
+    """Load and validate a params file: its keys over the defaults (params.yaml at the
+    repository root, DEFAULTS_FILE), then `overrides`. A profile need only state what
+    differs from params.yaml; a missing file gives all defaults.
+
+    `complete`: sections the file itself must state in full (a model bundle's params are
+    what its networks were trained with: a gap filled from today's params.yaml could
+    silently change an old model) — a missing key is a ConfigError naming it.
+    `trace=False`: reads of these params are not recorded (BONEAGE_TRACE_PARAMS): they
+    are a model's, not the pipeline's params.yaml."""
     path = Path(path)
     raw: dict[str, Any] = {}
     if path.exists():
@@ -497,13 +565,20 @@ def load_params(
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
+    if complete:
+        gaps = [k for k in missing_keys(raw) if k.split(".")[0] in complete]
+        if gaps:
+            more = " ..." if len(gaps) > 12 else ""
+            raise ConfigError(f"{path}: does not state {len(gaps)} key(s) it must: "
+                              f"{', '.join(gaps[:12])}{more}")  # fmt: skip
+    raw = _deep_merge(_DEFAULTS_RAW, raw)
     if overrides:
         raw = _deep_merge(raw, overrides)
     try:
         params = Params.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{path}: invalid parameters\n{_format_errors(exc)}") from exc
-    if _READS is not None:
+    if _READS is not None and trace:
         params._trace_path = ""  # the root: its sections are traced as 'ingest', ...
     return params
 

@@ -163,6 +163,9 @@ def params_differences(trace: Path, dvc_yaml: Path = REPO / "dvc.yaml"
     out = {}
     for name, got in reads.items():
         declared = declared_params(all_stages[name])
+        # a key the stage interpolates (${key} in its cmd or deps) is used by DVC itself
+        text = yaml.safe_dump(all_stages[name])
+        got = got | {k for k in declared if "${" + k + "}" in text}
         undeclared = sorted(r for r in got if not any(_covers(k, r) for k in declared))
         unread = sorted(k for k in declared if not any(_covers(k, r) for r in got))
         if undeclared or unread:

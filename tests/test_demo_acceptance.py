@@ -17,23 +17,28 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from boneage.localization_eval import acceptance, evaluate_localization
-from tests.test_dvc_pipeline import _copy_repo
+from tests.dvc_stages import params_differences
+from tests.helpers import chromium, copy_repo
 
 
 @pytest.mark.slow
 def test_make_run_pipeline_meets_the_localization_acceptance(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
-    _copy_repo(repo)
+    copy_repo(repo)
     (repo / "dvc.lock").unlink(missing_ok=True)
+    trace = tmp_path / "params_trace.jsonl"  # every process's params reads (boneage.config)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db")  # fmt: skip
+               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db",
+               BONEAGE_TRACE_PARAMS=str(trace))  # fmt: skip
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "init", "-q"], cwd=repo, check=True)
     run = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
@@ -77,9 +82,22 @@ def test_make_run_pipeline_meets_the_localization_acceptance(tmp_path):
     champ = client.get_model_version_by_alias("boneage", "champion")
     assert str(champ.version) == "1" and champ.tags["promotion_decision"] == "promoted"
     assert champ.tags["dvc.data/models/aggregator"].endswith(".dir")
+    # every stage declares exactly the params keys its processes read
+    assert params_differences(trace, repo / "dvc.yaml") == {}
     # nothing changed → nothing re-runs
+    t0 = time.perf_counter()
     again = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
+    print(f"dvc repro with nothing changed: {time.perf_counter() - t0:.1f} s")
     assert again.returncode == 0 and "Running stage" not in again.stdout
+    # an aggregator param changed → only the stages that read it are out of date (their
+    # downstream follows); nothing upstream of the aggregator
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["aggregator"]["train"]["lr"] *= 2
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = subprocess.run(["dvc", "status", "--json"], cwd=repo, env=env, capture_output=True,
+                            text=True)  # fmt: skip
+    assert status.returncode == 0, status.stderr[-2000:]
+    assert set(json.loads(status.stdout)) == {"train_aggregator", "train_carpal", "bundle"}
     _report_shows_the_reliability_plot(repo, manifest, tmp_path)
 
 
@@ -90,9 +108,8 @@ def _report_shows_the_reliability_plot(repo: Path, manifest: pd.DataFrame, tmp_p
 
     from boneage.calibration import load
     from boneage.score_cohort import score_cohort
-    from tests.test_score import _chromium
 
-    exe = _chromium()
+    exe = chromium()
     ids = sorted(manifest.loc[manifest["split"] == "test", "id"])[:12]
     cohort = tmp_path / "demo_test"
     cohort.mkdir()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,28 +12,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT
-
-
-def _copy_repo(dst: Path) -> None:
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, capture_output=True,
-        text=True, check=True,
-    ).stdout.split()  # fmt: skip
-    for rel in files:
-        src = REPO_ROOT / rel
-        if src.is_file() and not rel.startswith("data/"):
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
-    for sub in ("raw", "interim", "processed", "models", "reports"):
-        (dst / "data" / sub).mkdir(parents=True, exist_ok=True)
+from tests.helpers import copy_repo
 
 
 @pytest.mark.slow
 def test_dvc_repro_on_demo_cohort(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
-    _copy_repo(repo)
+    copy_repo(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["demo"]["n"] = 60
     params["demo"]["size"] = 256

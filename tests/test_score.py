@@ -4,7 +4,6 @@ as rows, resumability after a kill, clinical columns, no PHI, and the HTML repor
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from boneage.score import PREDICTION_COLUMNS
 from boneage.score_cohort import score_cohort
 from tests.bundle_factory import make_bundle, rsna_cohort
 from tests.dicom_factory import CANARY_STRINGS, DEFAULT_BIRTH_DATE, make_dicom
+from tests.helpers import chromium
 
 
 @pytest.fixture(scope="module")
@@ -179,18 +179,8 @@ def test_unopenable_model_or_cohort_is_exit_2_and_all_failed_is_exit_1(bundle, t
     assert list(df["status"]) == ["error"] and "blank" in df["error"][0]
 
 
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
-    msg = "headless Chromium not installed (make install / .ci/run install Debian `chromium`)"
-    if os.environ.get("BONEAGE_REQUIRE_DATA") == "1":
-        pytest.fail(msg)
-    pytest.skip(msg)
-
-
 def test_report_renders_in_headless_chromium(bundle, cohort, tmp_path):
-    exe = _chromium()
+    exe = chromium()
     out = tmp_path / "out"
     score_cohort(str(bundle), cohort, out, cohort / "labels.csv")
     url = (out / "report.html").resolve().as_uri()
