@@ -114,7 +114,7 @@ export PYTHONUNBUFFERED=1
 import importlib.util, os, platform, sys
 import torch
 import boneage.config  # pydantic from the carried wheels
-from boneage.backbones import offline_weights_file
+from boneage.pretrained import offline_weights_file
 print(f"python {platform.python_version()} ({sys.executable}); torch {torch.__version__}; "
       f"cuda {torch.cuda.is_available()}"
       + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "")
