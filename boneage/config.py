@@ -158,15 +158,15 @@ class ValidateConfig(Strict):
 class ModelConfig(Strict):
     backbone: str
     pretrained: str  # offline-imagenet | hub | none
-    pool: str = Field(pattern='^(avg|max)$')
-    output_stride: int = Field(description='32, or 16/8 for finer CAMs (timm models)')
+    pool: str = Field(pattern="^(avg|max)$")
+    output_stride: int = Field(description="32, or 16/8 for finer CAMs (timm models)")
     sex_dim: int = Field(ge=0)  # 0 = no sex input
     k: int = Field(ge=2)
     dropout: float = Field(ge=0, lt=1)
     # How several stacked regions enter the network (aggregator): "stack" = as the channels
     # of one backbone (paper); "per_region" = one backbone per region, pooled features
     # concatenated before the head (3x the compute and weights for H+R1+R2).
-    fusion: str = Field(pattern='^(stack|per_region)$')
+    fusion: str = Field(pattern="^(stack|per_region)$")
 
 
 class TrainConfig(Strict):
@@ -193,7 +193,7 @@ class TrainConfig(Strict):
     device: str  # auto | cpu | cuda | cuda:N
     # bf16 autocast: auto = on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), fp32
     # elsewhere; bf16 = always; fp32 = never (true/false: auto/fp32, as older configs say)
-    amp: str = Field(pattern='^(auto|bf16|fp32)$')
+    amp: str = Field(pattern="^(auto|bf16|fp32)$")
     channels_last: bool  # NHWC memory format (faster convolutions on CUDA and CPU)
     compile: bool  # torch.compile the model (CUDA)
     threads: int = Field(ge=0)  # torch CPU threads, 0 = library default
@@ -256,18 +256,18 @@ class AttendStageConfig(Strict):
     # Box used when no CAM component passes (status 'fallback_prior'), relative to the
     # stage's input view: (x0, y0, x1, y1) in [0, 1].
     prior: RelBox
-    erase: str = Field(pattern='^(mean|noise|blur)$')  # r1: how E fills the R1 box
+    erase: str = Field(pattern="^(mean|noise|blur)$")  # r1: how E fills the R1 box
     # Box refinement after the CAM: 'none' keeps the CAM component's box; 'foreground'
     # takes the radiograph's foreground component (Otsu threshold of the smoothed view,
     # padding excluded) holding the most CAM mass: a class activation map lights up the
     # most age-discriminative bones, not the whole hand, so its box alone under-covers the
     # hand; the CAM still decides which object is the hand (no annotations either way).
-    refine: str = Field(pattern='^(none|foreground)$')
+    refine: str = Field(pattern="^(none|foreground)$")
     # 'foreground': the CAM is set to 0 off the radiograph's foreground (Otsu, grown by 3
     # px) before thresholding: regions of a hand lie on the hand. Measured on the demo: R2
     # boxes on the true region 70 % → 82 % (CAMs were drawn to background and to the edges
     # of the erased R1 rectangle).
-    cam_mask: str = Field(pattern='^(none|foreground)$')
+    cam_mask: str = Field(pattern="^(none|foreground)$")
     # Foreground threshold for `refine`/`cam_mask`: this fraction of the way from the
     # background level (5th percentile) up to Otsu's threshold. 1 = Otsu's; lower keeps
     # thin soft tissue (fingertips, thumb) that Otsu's threshold cuts off (hand boxes on
@@ -288,7 +288,7 @@ class AttendConfig(Strict):
     device: str
     # CAM passes under bf16 autocast: auto = CUDA or a CPU with native bf16 (see
     # TrainConfig.amp); fp32 = never
-    amp: str = Field(pattern='^(auto|bf16|fp32)$')
+    amp: str = Field(pattern="^(auto|bf16|fp32)$")
     overlays_per_split: int = Field(ge=0)
     png_store: bool  # also write every crop as a PNG file for review
     # processes for the per-image work after the CAM pass (box, refinement, crop, PNG
@@ -428,13 +428,13 @@ class QCConfig(Strict):
 class RegistryConfig(Strict):
     """Model registry and the promotion gate (boneage register / promote)."""
 
-    model_name: str = Field(pattern='^[A-Za-z0-9_.-]+$')
+    model_name: str = Field(pattern="^[A-Za-z0-9_.-]+$")
     margin_months: float = Field(ge=0)  # challenger must beat champion MAE by this much
     # the fixed evaluation set both models are scored on: the labelled rows of this
     # cohort whose project split (ingest.split, by id hash) is `eval_split`
     eval_cohort: str
     eval_labels: str
-    eval_split: str = Field(pattern='^(train|val|test|all)$')
+    eval_split: str = Field(pattern="^(train|val|test|all)$")
 
 
 class OrchestrationConfig(Strict):
@@ -453,7 +453,7 @@ class Params(Strict):
     data: DataConfig
     demo: DemoConfig
     ingest: IngestConfig
-    validate_: ValidateConfig = Field(alias='validate')
+    validate_: ValidateConfig = Field(alias="validate")
     localizer: LocalizerConfig
     attend: AttendConfig
     aggregator: AggregatorConfig
