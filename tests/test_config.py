@@ -38,3 +38,80 @@ def test_bad_value_is_an_error(tmp_path: Path):
 def test_overrides(tmp_path: Path):
     p = load_params(tmp_path / "none.yaml", {"ingest": {"workers": 3}})
     assert p.ingest.workers == 3 and p.ingest.store_long_side == 1024
+
+
+# ----------------------------------------------------------------- params.yaml: the defaults
+
+
+def test_every_default_comes_from_params_yaml():
+    import yaml as _yaml
+
+    from boneage import config
+
+    raw = _yaml.safe_load(config.DEFAULTS_FILE.read_text())
+    assert config.missing_keys(raw) == []  # params.yaml states every key
+    assert config.defaults() == config.load_params(config.DEFAULTS_FILE)
+    # class defaults are params.yaml's (a class used by several sections: its first one)
+    assert config.TrainConfig().epochs == raw["localizer"]["train"]["epochs"]
+    assert config.AttendConfig().hand.tau == raw["attend"]["hand"]["tau"]
+    assert config.AggregatorConfig().img_size == raw["aggregator"]["img_size"]
+
+
+def test_a_missing_key_in_the_defaults_is_an_error():
+    import copy
+
+    import yaml as _yaml
+
+    from boneage import config
+
+    raw = _yaml.safe_load(config.DEFAULTS_FILE.read_text())
+    broken = copy.deepcopy(raw)
+    del broken["score"]["qc"]
+    with pytest.raises(config.ConfigError, match="score.qc is missing"):
+        config._set_defaults(config.Params, broken, "", set())
+    config._set_defaults(config.Params, raw, "", set())  # as imported
+
+
+def test_a_profile_is_read_over_params_yaml(tmp_path):
+    from boneage import config
+
+    f = tmp_path / "profile.yaml"
+    f.write_text("aggregator:\n  img_size: 96\n  train:\n    epochs: 2\n")
+    p = config.load_params(f)
+    d = config.defaults()
+    assert p.aggregator.img_size == 96 and p.aggregator.train.epochs == 2
+    assert p.aggregator.train.lr == d.aggregator.train.lr  # the rest from params.yaml
+    assert p.attend == d.attend
+
+
+def test_complete_sections_must_be_stated_in_full(tmp_path):
+    from boneage import config
+
+    f = tmp_path / "bundle_params.yaml"
+    f.write_text("ingest:\n  workers: 1\n")
+    with pytest.raises(config.ConfigError, match=r"does not state .*ingest\.store_long_side"):
+        config.load_params(f, complete=("ingest",))
+    assert config.load_params(f).ingest.workers == 1  # without `complete`: over params.yaml
+
+
+def test_trace_records_the_keys_a_process_reads(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    trace = tmp_path / "trace.jsonl"
+    code = (
+        "from boneage.config import load_params, DEFAULTS_FILE\n"
+        "p = load_params(DEFAULTS_FILE)\n"
+        "p.aggregator.train.epochs; p.validate_.min_image_side; p.evaluate.model_dump()\n"
+        "q = p.model_copy(update={'ingest': p.ingest.model_copy(update={'workers': 1})})\n"
+        "q.ingest.workers\n"
+        "b = load_params(DEFAULTS_FILE, trace=False); b.score.qc\n"
+    )
+    env = {**__import__("os").environ, "BONEAGE_TRACE_PARAMS": str(trace)}
+    subprocess.run([sys.executable, "-c", code, "ARG"], check=True, env=env)
+    rec = json.loads(trace.read_text())
+    assert rec["argv"] == ["ARG"]
+    assert rec["reads"] == ["aggregator.train.epochs", "evaluate.age_bands_years",
+                            "evaluate.interval", "ingest.workers",
+                            "validate.min_image_side"]  # fmt: skip
