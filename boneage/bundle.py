@@ -184,7 +184,7 @@ def build_bundle(
         "regions": agg["regions"],
         "train_age_range_months": agg["metrics"]["train_age_range"],
         "sds_reference": REFERENCE_ID,
-        "params_sha256": params_hash(Params.model_validate(dumped)),
+        "params_sha256": _json_sha256(dumped),  # = params_hash of the bundle's params
         "weights_sha256": {c: file_hash(out / c / "model.pt") for c in COMPONENTS},
     }
     if calibration is not None:
@@ -273,10 +273,13 @@ def bundle_sections(params: Params) -> dict:
             for s in BUNDLE_PARAM_SECTIONS}  # fmt: skip
 
 
+def _json_sha256(data: dict) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
 def params_hash(params: Params) -> str:
     """SHA-256 of the bundle sections of `params` (what a bundle's models depend on)."""
-    blob = json.dumps(bundle_sections(params), sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return _json_sha256(bundle_sections(params))
 
 
 @dataclass

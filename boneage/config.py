@@ -54,37 +54,48 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     _trace_path: str | None = PrivateAttr(default=None)
 
-    def __getattribute__(self, name: str):
-        value = object.__getattribute__(self, name)
-        if _READS is None or name.startswith("_") or name not in type(self).model_fields:
-            return value
-        path = object.__getattribute__(self, "__pydantic_private__").get("_trace_path")
-        if path is None:
-            return value
-        name = type(self).model_fields[name].alias or name  # validate_ → validate
-        key = f"{path}.{name}" if path else name
-        if isinstance(value, Strict):
-            if value._trace_path is None:
-                value._trace_path = key
-        else:
-            _READS.add(key)
+
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, Strict)
+
+
+def _traced_getattribute(self: Strict, name: str):
+    value = object.__getattribute__(self, name)
+    if name.startswith("_") or name not in type(self).model_fields:
         return value
+    path = object.__getattribute__(self, "__pydantic_private__").get("_trace_path")
+    if path is None:
+        return value
+    name = type(self).model_fields[name].alias or name  # validate_ → validate
+    key = f"{path}.{name}" if path else name
+    if isinstance(value, Strict):
+        if value._trace_path is None:
+            value._trace_path = key
+    else:
+        _READS.add(key)
+    return value
 
-    def _trace_all(self) -> None:
-        for name in type(self).model_fields:
-            value = getattr(self, name)
-            if isinstance(value, Strict):
-                value._trace_all()
 
-    def model_dump(self, *args, **kwargs):
-        if _READS is not None:
-            self._trace_all()
-        return super().model_dump(*args, **kwargs)
+def _trace_all(model: Strict) -> None:
+    """Record every leaf under `model` as read (each getattr is a traced read)."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, Strict):
+            _trace_all(value)
 
-    def model_dump_json(self, *args, **kwargs):
-        if _READS is not None:
-            self._trace_all()
-        return super().model_dump_json(*args, **kwargs)
+
+def _traced(dump):
+    def traced_dump(self, *args, **kwargs):
+        _trace_all(self)
+        return dump(self, *args, **kwargs)
+
+    return traced_dump
+
+
+if _READS is not None:  # only then: attribute reads of params cost nothing extra otherwise
+    Strict.__getattribute__ = _traced_getattribute
+    Strict.model_dump = _traced(BaseModel.model_dump)
+    Strict.model_dump_json = _traced(BaseModel.model_dump_json)
 
 
 class SplitConfig(Strict):
@@ -487,23 +498,33 @@ def _format_errors(err: ValidationError) -> str:
 DEFAULTS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
+def missing_keys(raw: Any, cls: type[Strict] = None, where: str = "") -> list[str]:
+    """The dotted keys of the schema that `raw` (a params mapping) does not state."""
+    cls = cls or Params
+    out: list[str] = []
+    for name, field in cls.model_fields.items():
+        key = field.alias or name
+        dotted = f"{where}.{key}" if where else key
+        if not isinstance(raw, dict) or key not in raw:
+            out.append(dotted)
+        elif _is_section(field.annotation):
+            out += missing_keys(raw[key], field.annotation, dotted)
+    return out
+
+
 def _set_defaults(cls: type[Strict], data: Any, where: str, done: set[type]) -> None:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{DEFAULTS_FILE}: {where or 'top level'} must be a mapping")
+    if not where and (gaps := missing_keys(data)):
+        raise ConfigError(f"{DEFAULTS_FILE}: {', '.join(gaps)} is missing; "
+                          "params.yaml holds the default of every parameter")  # fmt: skip
     first = cls not in done
     done.add(cls)
     for name, field in cls.model_fields.items():
-        key = field.alias or name
-        if key not in data:
-            raise ConfigError(f"{DEFAULTS_FILE}: {where + '.' if where else ''}{key} is missing; "
-                              "params.yaml holds the default of every parameter")  # fmt: skip
-        sub = field.annotation
-        if isinstance(sub, type) and issubclass(sub, Strict):
-            _set_defaults(sub, data[key], f"{where}.{key}" if where else key, done)
+        if _is_section(field.annotation):
+            key = field.alias or name
+            _set_defaults(field.annotation, data[key], f"{where}.{key}" if where else key, done)
     value = cls.model_validate(data)  # validated: bounds, patterns, lists → tuples
     for name, field in cls.model_fields.items():
-        sub = field.annotation
-        if first or (isinstance(sub, type) and issubclass(sub, Strict)):
+        if first or _is_section(field.annotation):
             field.default = getattr(value, name)
     cls.model_rebuild(force=True)
 
@@ -523,22 +544,6 @@ def _load_defaults() -> dict[str, Any]:
 
 
 _DEFAULTS_RAW = _load_defaults()
-
-
-def missing_keys(raw: Any, cls: type[Strict] = None, where: str = "") -> list[str]:
-    """The dotted keys of the schema that `raw` (a params mapping) does not state."""
-    cls = cls or Params
-    out: list[str] = []
-    for name, field in cls.model_fields.items():
-        key = field.alias or name
-        dotted = f"{where}.{key}" if where else key
-        if not isinstance(raw, dict) or key not in raw:
-            out.append(dotted)
-            continue
-        sub = field.annotation
-        if isinstance(sub, type) and issubclass(sub, Strict):
-            out += missing_keys(raw[key], sub, dotted)
-    return out
 
 
 def load_params(

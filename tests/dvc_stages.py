@@ -101,7 +101,7 @@ def module_path(module: str) -> str:
 
 
 def expected_code_deps(stage: dict) -> set[str]:
-    return {module_path(m) for m in command_modules(command_of(stage)) if m != "boneage"}
+    return {module_path(m) for m in command_modules(command_of(stage))}
 
 
 def declared_code_deps(stage: dict) -> set[str]:
