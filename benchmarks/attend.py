@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from boneage.attend import attend  # noqa: E402
 from boneage.config import load_params  # noqa: E402
 from boneage.localizer import StagePaths, read_manifest  # noqa: E402
-from boneage.training import load_model, resolve_device  # noqa: E402
+from boneage.precision import resolve_device  # noqa: E402
+from boneage.training import load_model  # noqa: E402
 from boneage.views import load_views  # noqa: E402
 
 

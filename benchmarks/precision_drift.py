@@ -21,7 +21,8 @@ import torch
 from boneage.aggregator import load_region_data
 from boneage.ldl import expectation
 from boneage.localizer import StagePaths, read_manifest
-from boneage.training import cpu_native_bf16, load_model, predict
+from boneage.precision import cpu_native_bf16
+from boneage.training import load_model, predict
 
 
 def main() -> None:

@@ -35,8 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from boneage.bundle import load_bundle  # noqa: E402
+from boneage.precision import autocast, resolve_device  # noqa: E402
 from boneage.score_cohort import score_cohort  # noqa: E402
-from boneage.training import autocast, load_model, resolve_device  # noqa: E402
+from boneage.training import load_model  # noqa: E402
 
 
 def make_cohort(source: Path, n: int, dest: Path) -> Path:

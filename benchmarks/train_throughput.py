@@ -34,8 +34,9 @@ sys.path.insert(0, str(ROOT))
 
 from boneage.config import AugmentConfig, ModelConfig, TrainConfig  # noqa: E402
 from boneage.models import AgeNet  # noqa: E402
+from boneage.precision import cpu_native_bf16, resolve_device  # noqa: E402
 from boneage.store import ImageStore  # noqa: E402
-from boneage.training import TensorData, cpu_native_bf16, fit, resolve_device, train_step  # noqa: E402
+from boneage.training import TensorData, fit, train_step  # noqa: E402
 from boneage.views import load_views  # noqa: E402
 
 

@@ -117,12 +117,13 @@ def load_region_data(
 
 def carpal_params(params: Params) -> Params:
     """Params for the carpal-only head: region R1 alone, the aggregator's model and
-    training settings with params `carpal` (resolution, epochs)."""
+    training settings with params `carpal` (resolution, epochs); it trains at its own
+    resolution throughout (no progressive resizing: its inputs are already small)."""
     a = params.aggregator
-    c = a.model_copy(update={
-        "regions": ("R1",), "img_size": params.carpal.img_size,
-        "train": a.train.model_copy(update={"epochs": params.carpal.epochs}),
-    })  # fmt: skip
+    train = a.train.model_copy(update={"epochs": params.carpal.epochs, "low_res_size": None,
+                                       "low_res_epochs": 0})  # fmt: skip
+    c = a.model_copy(update={"regions": ("R1",), "img_size": params.carpal.img_size,
+                             "train": train})  # fmt: skip
     return params.model_copy(update={"aggregator": c})
 
 

@@ -52,8 +52,9 @@ from boneage.geometry import Affine, clip, crop_resize, expand, square
 from boneage.imageio import encode_png
 from boneage.ldl import expectation
 from boneage.localizer import STAGES, StagePaths, check_stage, read_manifest
+from boneage.precision import autocast, resolve_device, to_input
 from boneage.store import ImageStore, StoreWriter
-from boneage.training import autocast, load_model, resolve_device, sex_code, to_input
+from boneage.training import load_model, sex_code
 from boneage.views import iter_view_shards
 
 MONTAGE_MAX = 48  # overlays.png is written only up to this many overlays

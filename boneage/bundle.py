@@ -33,8 +33,9 @@ import yaml
 
 from boneage.config import Params
 from boneage.fingerprint import file_hash
+from boneage.precision import resolve_device
 from boneage.reference import REFERENCE_ID
-from boneage.training import load_model, resolve_device
+from boneage.training import load_model
 
 BUNDLE_FORMAT = "boneage-bundle/2"  # /2: bundle.json records files_sha256 (verified on load)
 

@@ -246,7 +246,8 @@ def calibrate_models(
     from boneage.aggregator import load_region_data
     from boneage.ldl import distribution_sd, expectation
     from boneage.localizer import read_manifest
-    from boneage.training import load_model, predict, resolve_device
+    from boneage.precision import resolve_device
+    from boneage.training import load_model, predict
 
     cfg = params.calibrate
     manifest = read_manifest(paths.manifest)

@@ -211,6 +211,17 @@ class TrainConfig(Strict):
     # CUDA: keep the whole uint8 training set on the GPU when it takes at most this share
     # of free GPU memory (batches are then indexed there: no host→device copy per step)
     data_on_device_max_frac: float = Field(ge=0, le=1)
+    # progressive resizing: the first `low_res_epochs` epochs train on batches resized
+    # (antialiased) to `low_res_size` px — cheaper steps while the network learns coarse
+    # features — and the rest at the stage's full size; validation is always at full size
+    low_res_size: int | None = Field(ge=32)
+    low_res_epochs: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _low_res_needs_a_size(self) -> TrainConfig:
+        if self.low_res_epochs and self.low_res_size is None:
+            raise ValueError(f"low_res_epochs={self.low_res_epochs} needs low_res_size")
+        return self
 
 
 class AugmentConfig(Strict):

@@ -25,8 +25,9 @@ from boneage.aggregator import load_region_data, region_name
 from boneage.config import EvaluateConfig, Params
 from boneage.ldl import distribution_quantiles, distribution_sd, expectation
 from boneage.localizer import StagePaths, read_manifest
+from boneage.precision import resolve_device
 from boneage.tracking import Tracker
-from boneage.training import load_model, predict, resolve_device
+from boneage.training import load_model, predict
 
 PREDICTION_COLUMNS = [
     "id", "split", "sex", "true_months", "pred_months", "sd_months", "lo_months",

@@ -39,10 +39,11 @@ from boneage.config import Params
 from boneage.ingest import ingest_candidates
 from boneage.ldl import distribution_quantiles, distribution_sd, expectation
 from boneage.localizer import STAGES, StagePaths, read_manifest
+from boneage.precision import resolve_device
 from boneage.reference import REFERENCE_ID, bone_age_sds
 from boneage.review import COLOURS
 from boneage.store import ImageStore
-from boneage.training import TensorData, predict, resolve_device, sex_code
+from boneage.training import TensorData, predict, sex_code
 
 # the boxes scoring used, in pixels of the input image as given (empty where a stage fell
 # back to its prior box or failed)

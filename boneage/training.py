@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import json
 import math
 import platform
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -33,6 +31,7 @@ from boneage.compaction import expand_state
 from boneage.config import AugmentConfig, ModelConfig, TrainConfig
 from boneage.ldl import expectation, ldl_loss
 from boneage.models import AgeNet
+from boneage.precision import autocast, resolve_device, to_input
 from boneage.tracking import Tracker
 
 
@@ -68,15 +67,6 @@ class FitResult:
     last_epoch_indices: list[int] = field(default_factory=list)  # this rank's, last epoch
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
-    return dev
-
-
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -85,55 +75,6 @@ def seed_everything(seed: int) -> None:
 def sex_code(values) -> np.ndarray:
     """'M' → 1, 'F' → 0, anything else → 0.5."""
     return np.array([{"M": 1.0, "F": 0.0}.get(str(v), 0.5) for v in values], dtype=np.float32)
-
-
-@functools.cache
-def cpu_native_bf16() -> bool:
-    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16): bf16 autocast
-    then speeds up convolutions and matmuls. Elsewhere bf16 would be emulated (slower than
-    fp32), so `amp: auto` stays fp32 there."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
-
-
-def use_bf16(device: torch.device, amp: str | bool) -> bool:
-    """Whether forward passes on `device` run under bf16 autocast for setting `amp`
-    (auto: CUDA, or a CPU with native bf16; bf16: always; fp32: never)."""
-    amp = normalize_amp(amp)
-    if amp == "fp32":
-        return False
-    if amp == "bf16" or device.type == "cuda":
-        return True
-    return device.type == "cpu" and cpu_native_bf16()
-
-
-def normalize_amp(amp: str | bool) -> str:
-    """'auto' | 'bf16' | 'fp32' (True → 'auto', False → 'fp32', as older configs said)."""
-    if amp is True:
-        return "auto"
-    if amp is False:
-        return "fp32"
-    if amp not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"amp {amp!r}: expected auto, bf16 or fp32")
-    return amp
-
-
-def autocast(device: torch.device, amp: str | bool):
-    """bf16 autocast where `use_bf16` says so, else a no-op context."""
-    if use_bf16(device, amp):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def to_input(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """uint8 images [B, C, H, W] → floats in [0, 1] on `device` (channels_last if asked)."""
-    x = x.to(device, non_blocking=True).float().div_(255.0)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
 
 
 @torch.no_grad()
@@ -151,6 +92,16 @@ def predict(
             logits = model(xb, sb)
         out.append(torch.softmax(logits.float(), dim=1).cpu())
     return torch.cat(out) if out else torch.empty(0, model.cfg.k)
+
+
+def resize_batch(x: torch.Tensor, size: int, channels_last: bool) -> torch.Tensor:
+    """A float batch [B, C, H, W] resized (bilinear, antialiased) to size × size, as
+    progressive resizing trains its early epochs; unchanged when already that size."""
+    if x.shape[-2:] == (size, size):
+        return x
+    x = torch.nn.functional.interpolate(
+        x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)  # fmt: skip
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def mae(p: torch.Tensor, age: torch.Tensor) -> float:
@@ -249,6 +200,7 @@ def fit(
         if stopped:
             break
         model.train()
+        low_res = cfg.low_res_size is not None and epoch < cfg.low_res_epochs
         perm = torch.randperm(len(train), generator=gen)[rank::world]
         last_epoch_indices = perm.tolist()
         sums = {"loss": 0.0, "mae": 0.0, "kl": 0.0}
@@ -261,6 +213,8 @@ def fit(
                 if len(idx) == 0:
                     break
                 xb = to_input(x_src[idx.to(x_src.device)], device, cfg.channels_last)
+                if low_res:
+                    xb = resize_batch(xb, cfg.low_res_size, cfg.channels_last)
                 yb = train.age[idx].to(device)
                 sb = train.sex[idx].to(device)
                 if aug is not None:
@@ -296,6 +250,7 @@ def fit(
             "val_mae": val_mae,
             "lr": sched.get_last_lr()[0],
             "seconds": time.perf_counter() - t_start,
+            "train_size": cfg.low_res_size if low_res else int(train.x.shape[-1]),
         }
         history.append(row)
         if val_mae < best:

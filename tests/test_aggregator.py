@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from boneage.ablation import ablation_markdown
-from boneage.aggregator import load_region_data, region_store
+from boneage.aggregator import carpal_params, load_region_data, region_store
 from boneage.config import ConfigError, EvaluateConfig, ModelConfig, load_params
 from boneage.evaluate import compute_metrics, predictions_frame
 from boneage.imageio import encode_png
@@ -228,3 +228,12 @@ def test_ablation_resume_accepts_a_run_saved_before_a_defaulted_field_existed(tm
     cfg = {"img_size": a.img_size, "train": json.loads(a.train.model_dump_json()), "model": model}
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
     assert _finished(tmp_path / "m", tmp_path / "e", params) == ({}, {})
+
+
+def test_the_carpal_head_trains_at_its_own_size_without_progressive_resizing():
+    p = load_params(overrides={"aggregator": {"train": {"low_res_size": 160, "low_res_epochs": 8}},
+                               "carpal": {"img_size": 112, "epochs": 2}})  # fmt: skip
+    c = carpal_params(p).aggregator
+    assert c.regions == ("R1",) and c.img_size == 112 and c.train.epochs == 2
+    assert c.train.low_res_size is None and c.train.low_res_epochs == 0
+    assert c.train.lr == p.aggregator.train.lr

@@ -8,7 +8,7 @@ import torch
 from boneage.config import AugmentConfig, ModelConfig, TrainConfig
 from boneage.models import AgeNet
 from boneage.tracking import Tracker
-from boneage.training import TensorData, fit, load_model, predict, save_model
+from boneage.training import TensorData, fit, load_model, predict, resize_batch, save_model
 from tests.corpus import bar_task
 
 MCFG = ModelConfig(backbone="resnet18", pretrained="none", output_stride=32, k=240)
@@ -192,3 +192,33 @@ def test_a_checkpoint_for_other_settings_is_not_resumed(tmp_path):
     fit(AgeNet(MCFG), train, val, other, None, progress=False, checkpoint=ckpt,
         on_epoch=lambda row: seen.append(row["epoch"]))  # fmt: skip
     assert seen == [1, 2]  # started afresh
+
+
+def test_progressive_resizing_trains_early_epochs_at_the_low_size(tmp_path):
+    """low_res_epochs=2 of 3: the first two epochs' steps see low_res_size inputs, the last
+    epoch's the full size; validation is at full size throughout; history says which."""
+    train, val = _data(32, 0), _data(8, 1)
+    full = train.x.shape[-1]
+    cfg = TrainConfig(epochs=3, batch_size=16, patience=9, device="cpu", low_res_size=32,
+                      low_res_epochs=2)  # fmt: skip
+    model = AgeNet(MCFG)
+    seen: list[tuple[bool, int]] = []
+    model.register_forward_pre_hook(lambda m, a: seen.append((m.training, a[0].shape[-1])))
+    res = fit(model, train, val, cfg, AugmentConfig(rotation_deg=5), progress=False)
+    assert [h["train_size"] for h in res.history] == [32, 32, full]
+    steps = len(range(0, 32, 16))
+    train_sizes = [s for training, s in seen if training]
+    assert train_sizes == [32] * 2 * steps + [full] * steps
+    assert {s for training, s in seen if not training} == {full}
+    with pytest.raises(ValueError, match="low_res_size"):
+        TrainConfig(low_res_epochs=2)
+
+
+def test_resize_batch_antialiases_and_keeps_the_layout():
+    x = torch.zeros(2, 1, 64, 64)
+    x[..., ::2] = 1.0  # a pattern finer than the target grid: antialiasing averages it
+    y = resize_batch(x.contiguous(memory_format=torch.channels_last), 32, True)
+    assert y.shape == (2, 1, 32, 32) and y.is_contiguous(memory_format=torch.channels_last)
+    inner = y[..., 1:-1, 1:-1]  # the borders weight a truncated filter
+    assert torch.allclose(inner, torch.full_like(inner, 0.5), atol=0.02)
+    assert resize_batch(x, 64, False) is x
