@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from boneage.cam_boxes import (
@@ -50,9 +49,8 @@ from boneage.cam_boxes import (
 from boneage.config import AttendStageConfig, Params
 from boneage.geometry import Affine, clip, crop_resize, expand, square
 from boneage.imageio import encode_png
-from boneage.ldl import expectation
-from boneage.localizer import STAGES, StagePaths, check_stage, read_manifest
-from boneage.precision import autocast, resolve_device, to_input
+from boneage.localizer import STAGES, StagePaths, cam_pass, check_stage, read_manifest
+from boneage.precision import resolve_device
 from boneage.store import ImageStore, StoreWriter
 from boneage.training import load_model, sex_code
 from boneage.views import iter_view_shards
@@ -69,7 +67,7 @@ REGION_COLUMNS = [
 # so that the CAM alone can be judged next to the refined box.
 
 
-class _ViewToOrig:
+class ViewToOrig:
     """Maps a stage's view pixels to original image pixels."""
 
     def __init__(self, stage: str, manifest: pd.DataFrame, paths: StagePaths):
@@ -135,7 +133,7 @@ def attend(
     train_size, window = int(meta["img_size"]), meta["cam_window"]
     size = scfg.cam_size or train_size
     split_of = manifest.set_index("id")["split"]
-    to_orig = _ViewToOrig(stage, manifest, paths)
+    to_orig = ViewToOrig(stage, manifest, paths)
     ingest_store = ImageStore(paths.store)
     view_store = ImageStore(paths.input_store(stage)) if stage == "r1" else None
     rng = np.random.default_rng(0)
@@ -156,21 +154,10 @@ def attend(
     for shard in iter_view_shards(paths.input_store(stage), size, wanted):
         for i in range(0, len(shard.ids), acfg.batch_size):
             ids = shard.ids[i : i + acfg.batch_size]
-            xb = to_input(torch.from_numpy(shard.x[i : i + acfg.batch_size]).unsqueeze(1),
-                          device, channels_last=True)  # fmt: skip
-            with torch.no_grad(), autocast(device, acfg.amp):
-                sex = torch.from_numpy(sex_code(to_orig.m.loc[ids, "sex"])).to(device)
-                if size == train_size:
-                    logits, feats = model(xb, sex, return_features=True)
-                else:  # predict at the trained scale, take the CAM from the finer pass
-                    small = F.interpolate(xb, size=(train_size, train_size), mode="bilinear",
-                                          antialias=True, align_corners=False)  # fmt: skip
-                    logits = model(small, sex)
-                    feats = model.feature_maps(xb)
-            with torch.no_grad():
-                cams, peaks = model.cam(feats, logits, window, (size, size))
-                ages = expectation(torch.softmax(logits.float(), 1))
-            cams_np, peaks_np, ages_np = cams.cpu().numpy(), peaks.cpu().numpy(), ages.cpu().numpy()
+            sex = sex_code(to_orig.m.loc[ids, "sex"])
+            cams_np, peaks_np, ages_np = cam_pass(
+                model, shard.x[i : i + acfg.batch_size], sex, size, train_size, window, device,
+                acfg.amp)  # fmt: skip
             jobs = []
             for j, id_ in enumerate(ids):
                 k = i + j
@@ -238,7 +225,7 @@ def attend(
     return summary
 
 
-class _Collect:
+class Collect:
     """A worker's stand-in for a StoreWriter: keeps the rows for the parent to write."""
 
     def __init__(self):
@@ -255,15 +242,15 @@ def _post(job: tuple, stage: str, scfg: AttendStageConfig, ingest_store: ImageSt
     store rows are empty when `crops`/`erased` are the real writers (written directly)."""
     id_, split, view, cam, peak, age, to_view, view_to_orig, view_size, m_row = job
     try:
-        row = _process_one(
+        row = process_one(
             id_, split, stage, scfg, view, cam, peak, age, to_view, view_to_orig, view_size,
             manifest_row=m_row, ingest_store=ingest_store, view_store=view_store, crops=crops,
             erased=erased, png_dir=png_dir, rng=rng,
         )  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - one bad image never stops the batch
         return _error_row(id_, split, stage, f"{type(exc).__name__}: {exc}"), [], []
-    return (row, crops.rows if isinstance(crops, _Collect) else [],
-            erased.rows if isinstance(erased, _Collect) else [])  # fmt: skip
+    return (row, crops.rows if isinstance(crops, Collect) else [],
+            erased.rows if isinstance(erased, Collect) else [])  # fmt: skip
 
 
 _WORKER: dict = {}  # in a pool worker: the stage, its config, the stores, the PNG dir
@@ -285,8 +272,8 @@ def _post_worker(job: tuple) -> tuple[dict, list[dict], list[dict]]:
         return _error_row(job[0], job[1], w["stage"], w["error"]), [], []
     # per-image random draws (erase: noise): the same whatever the worker and order
     seed = int.from_bytes(hashlib.sha256(str(job[0]).encode()).digest()[:8], "little")
-    erased = _Collect() if w["view"] is not None else None
-    return _post(job, w["stage"], w["scfg"], w["ingest"], w["view"], _Collect(), erased,
+    erased = Collect() if w["view"] is not None else None
+    return _post(job, w["stage"], w["scfg"], w["ingest"], w["view"], Collect(), erased,
                  w["png_dir"], np.random.default_rng(seed))  # fmt: skip
 
 
@@ -324,7 +311,7 @@ def _error_row(id_: str, split: str, stage: str, message: str) -> dict:
     return row
 
 
-def _process_one(
+def process_one(
     id_: str,
     split: str,
     stage: str,

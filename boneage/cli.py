@@ -447,6 +447,38 @@ def _check_annotations(ann: Path, attend_root: Path, ingest_dir: Path, out: Path
         typer.echo(f"  {name:<28} {obs:>6}  (goal {g['goal']}: {'met' if g['met'] else 'NOT met'})")
 
 
+@app.command("tune-attend")
+def tune_attend(
+    stage: StageOpt,
+    annotations: Annotated[Path, typer.Option(help="manual RSNA ROI annotations folder")],
+    grid: Annotated[Path, typer.Option(help="YAML {setting: [values]} of attend.STAGE fields")],
+    model: Annotated[Path, typer.Option(help="the stage's localizer model dir")],
+    ingest_dir: IngestDirOpt = Path("data/interim/ingest"),
+    attend_root: AttendRootOpt = Path("data/processed/attend"),
+    out: Annotated[Path, typer.Option(help="output folder (tune_STAGE.csv)")] = Path(
+        "data/reports/tune_attend"
+    ),
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """Score attend settings of one stage on annotated RSNA images (CAMs computed once;
+    each setting's boxes made by attend's own code) → tune_STAGE.csv."""
+    import yaml
+
+    from boneage.attend_tune import FIGURES
+    from boneage.attend_tune import tune_attend as run
+
+    _check_stage(stage)
+    try:
+        table = run(stage, _params(params), _stage_paths(ingest_dir, attend_root), model,
+                    annotations, yaml.safe_load(grid.read_text()) or {}, out)  # fmt: skip
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    main = FIGURES[stage][0]
+    best = table.sort_values(main, ascending=False).head(5)
+    typer.echo(f"{len(table) - 1} settings + the current one -> {out / f'tune_{stage}.csv'}")
+    typer.echo(best.to_string(index=False))
+
+
 @app.command("train-qc")
 def train_qc(
     ingest_dir: IngestDirOpt = Path("data/interim/ingest"),

@@ -16,11 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from boneage.checkpoint import checkpoint_path
 from boneage.config import Params
 from boneage.distributed import is_main
+from boneage.ldl import expectation
 from boneage.models import AgeNet
+from boneage.precision import autocast, to_input
 from boneage.tracking import Tracker
 from boneage.training import TensorData, fit, fit_metrics, save_model, seed_everything, sex_code
 from boneage.views import load_views
@@ -153,3 +156,24 @@ def train_localizer(
         tracker.log_artifact(out_dir / "history.csv")
         checkpoint_path(out_dir).unlink(missing_ok=True)
     return metrics
+
+
+def cam_pass(model, x: np.ndarray, sex: np.ndarray, size: int, train_size: int,
+             window: float | None, device: torch.device, amp: str | bool):  # fmt: skip
+    """CAMs of a batch of uint8 views [B, S, S] at `size`: (cams [B, size, size], CAM peaks
+    [B], predicted ages [B]) as numpy. The age is predicted at the trained scale; when `size`
+    is larger the CAM comes from a second, finer pass (cam_size)."""
+    xb = to_input(torch.from_numpy(x).unsqueeze(1), device, channels_last=True)
+    with torch.no_grad(), autocast(device, amp):
+        sb = torch.from_numpy(sex).to(device)
+        if size == train_size:
+            logits, feats = model(xb, sb, return_features=True)
+        else:  # predict at the trained scale, take the CAM from the finer pass
+            small = F.interpolate(xb, size=(train_size, train_size), mode="bilinear",
+                                  antialias=True, align_corners=False)  # fmt: skip
+            logits = model(small, sb)
+            feats = model.feature_maps(xb)
+    with torch.no_grad():
+        cams, peaks = model.cam(feats, logits, window, (size, size))
+        ages = expectation(torch.softmax(logits.float(), 1))
+    return cams.cpu().numpy(), peaks.cpu().numpy(), ages.cpu().numpy()

@@ -83,14 +83,21 @@ def _inter(a, b) -> float:
 
 def score_regions(attend_root: Path, ann_dir: Path) -> pd.DataFrame:
     """One row per annotated image that the run has regions for (see module docstring)."""
-    boxes, kps = load_annotations(ann_dir)
-    stages = {}
+    regions = {}
     for stage in ("hand", "r1", "r2"):
         path = Path(attend_root) / stage / "regions.parquet"
         if path.is_file():
-            stages[stage] = _norm_boxes(pd.read_parquet(path))
-    if not stages:
+            regions[stage] = pd.read_parquet(path)
+    if not regions:
         raise FileNotFoundError(f"{attend_root}: no regions.parquet (run boneage attend)")
+    return score_frames(regions, *load_annotations(ann_dir))
+
+
+def score_frames(
+    regions: dict[str, pd.DataFrame], boxes: pd.DataFrame, kps: pd.DataFrame
+) -> pd.DataFrame:
+    """`score_regions` on regions frames in memory ({stage: attend's regions rows})."""
+    stages = {stage: _norm_boxes(frame) for stage, frame in regions.items()}
     run_ids = set.union(*(set(s.index) for s in stages.values()))
     box_groups = {i: g for i, g in boxes.groupby("id") if i in run_ids}
     kp_rows = {r.id: r for r in kps.itertuples(index=False) if r.id in run_ids}

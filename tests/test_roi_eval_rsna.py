@@ -72,3 +72,18 @@ def test_check_regions_on_annotated_rsna_images(tmp_path, rsna299, data_dir):
         cy = (w["y0"] + w["y1"]) / 2 * r["orig_height"]
         inside = r["x0"] <= cx <= r["x1"] and r["y0"] <= cy <= r["y1"]
         assert bool(rows.loc[i, "r1_holds_carpal_centre"]) == inside, i
+    # tune-attend: the params' own setting, re-made from cached CAMs, is exactly the run's R2
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("margin: [0.0, 0.3]\n")
+    _cli("tune-attend", "--stage", "r2", "--annotations", str(ann), "--grid", str(grid),
+         "--model", str(MODEL / "localizer_r2"), "--ingest", "ingest", "--attend-root",
+         "attend", "--out", "tune", "--params", str(params), cwd=tmp_path)  # fmt: skip
+    table = pd.read_csv(tmp_path / "tune" / "tune_r2.csv")
+    assert len(table) == 3 and table["current"].tolist() == [True, False, False]
+    cur = table.iloc[0]
+    assert cur["r2_holds_3_mcp"] == pytest.approx(summary["r2_holds_3_mcp"]["fraction"])
+    assert cur["r2_pip_held_mean"] == pytest.approx(summary["r2_pip_held_mean"])
+    # a wider margin can only hold as many joints or more, in a larger box
+    wide, tight = table[table["margin"] == 0.3].iloc[0], table[table["margin"] == 0.0].iloc[0]
+    assert wide["r2_holds_3_mcp"] >= tight["r2_holds_3_mcp"]
+    assert wide["box_area_median"] > tight["box_area_median"]
