@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
@@ -62,11 +63,22 @@ class IngestResult:
         }
 
 
+QC_BATCH = 16  # images per QC forward pass (and per pool task)
+
+
 def process_image(path: Path, cfg: IngestConfig) -> dict:
     """Read, hash, decode, check, normalize and re-encode one image.
 
     Returns the store fields (and DICOM-derived fields). Raises RejectError.
     """
+    (rec, err), = _work_chunk(([path], cfg))  # fmt: skip
+    if err is not None:
+        raise RejectError(*err)
+    return rec
+
+
+def _decode_checked(path: Path, cfg: IngestConfig) -> tuple[dict, np.ndarray]:
+    """Read, hash, decode and check one image (before QC): (fields so far, pixels)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -90,11 +102,20 @@ def process_image(path: Path, cfg: IngestConfig) -> dict:
             Reason.BLANK_IMAGE,
             f"blank or constant image (pixel std {std:.2f} < min_std {cfg.min_std:g})",
         )
-    qc = {"qc_flags": None, "qc_hand_score": None, "qc_distance": None}
-    if cfg.qc.enabled:  # corrected (turned / inverted back) or rejected as not a hand
-        from boneage.qc import load_qc
+    rec = {
+        "sha256": sha,
+        "format": img.format,
+        "dicom_sex": img.sex,
+        "dicom_age": img.chronological_age_months,
+        "dicom_age_source": img.age_source,
+    }
+    return rec, px
 
-        verdict = load_qc(cfg.qc.model).assess(px)
+
+def _finish_image(rec: dict, px, verdict, cfg: IngestConfig) -> dict:
+    """Apply the QC verdict (reject, or the corrected pixels) and encode the stored image."""
+    qc = {"qc_flags": None, "qc_hand_score": None, "qc_distance": None}
+    if verdict is not None:  # corrected (turned / inverted back) or rejected as not a hand
         if verdict.reject:
             raise RejectError(Reason.NOT_A_HAND, verdict.reject)
         px = verdict.pixels
@@ -108,23 +129,53 @@ def process_image(path: Path, cfg: IngestConfig) -> dict:
         "orig_height": int(px.shape[0]),
         "orig_width": int(px.shape[1]),
         "scale": float(scale),
-        "sha256": sha,
-        "format": img.format,
-        "dicom_sex": img.sex,
-        "dicom_age": img.chronological_age_months,
-        "dicom_age_source": img.age_source,
+        **rec,
         **qc,
     }
 
 
-def _work(args: tuple[Path, IngestConfig]) -> tuple[dict | None, tuple[Reason, str] | None]:
-    path, cfg = args
-    try:
-        return process_image(path, cfg), None
-    except RejectError as exc:
+def _reject(exc: Exception) -> tuple[None, tuple[Reason, str]]:
+    if isinstance(exc, RejectError):
         return None, (exc.reason, exc.detail)
-    except Exception as exc:  # noqa: BLE001 - one bad image never stops the batch
-        return None, (Reason.UNREADABLE_IMAGE, f"{type(exc).__name__}: {exc}")
+    return None, (Reason.UNREADABLE_IMAGE, f"{type(exc).__name__}: {exc}")
+
+
+def _work_chunk(args: tuple[list[Path], IngestConfig]) -> list[tuple[dict | None, tuple | None]]:
+    """(store fields, None) or (None, (reason, detail)) for each image of a chunk, in order.
+    Decoding and checks run per image; the QC model sees the chunk's surviving images in
+    one batch (one forward pass instead of one per image). One bad image never stops the
+    chunk: a QC batch that fails is retried image by image."""
+    paths, cfg = args
+    out: list = [None] * len(paths)
+    pending = []
+    for k, path in enumerate(paths):
+        try:
+            pending.append((k, *_decode_checked(path, cfg)))
+        except Exception as exc:  # noqa: BLE001 - one bad image never stops the batch
+            out[k] = _reject(exc)
+    verdicts: list = [None] * len(pending)
+    if cfg.qc.enabled and pending:
+        from boneage.qc import load_qc
+
+        qc = load_qc(cfg.qc.model)
+        try:
+            verdicts = qc.assess_many([px for _, _, px in pending])
+        except Exception:  # noqa: BLE001 - find the image that fails, alone
+            verdicts = []
+            for k, _, px in pending:
+                try:
+                    verdicts.append(qc.assess(px))
+                except Exception as exc:  # noqa: BLE001
+                    out[k] = _reject(exc)
+                    verdicts.append(None)
+    for (k, rec, px), verdict in zip(pending, verdicts, strict=True):
+        if out[k] is not None:
+            continue
+        try:
+            out[k] = (_finish_image(rec, px, verdict, cfg), None)
+        except Exception as exc:  # noqa: BLE001
+            out[k] = _reject(exc)
+    return out
 
 
 def _pool_context() -> mp.context.BaseContext:
@@ -138,19 +189,22 @@ def _pool_context() -> mp.context.BaseContext:
 
 
 def _iter_results(cands: list[Candidate], cfg: IngestConfig, workers: int, progress: bool):
-    jobs = [(c.path, cfg) for c in cands]
-    bar = tqdm(total=len(jobs), desc="ingest", unit="img", disable=not progress, file=sys.stderr)
+    # chunks of QC_BATCH images (fewer when that would leave a worker idle)
+    size = QC_BATCH if workers <= 1 else max(1, min(QC_BATCH, len(cands) // (workers * 4)))
+    jobs = [([c.path for c in cands[i : i + size]], cfg) for i in range(0, len(cands), size)]
+    bar = tqdm(total=len(cands), desc="ingest", unit="img", disable=not progress,
+               file=sys.stderr)  # fmt: skip
     try:
         if workers <= 1 or len(jobs) <= 1:
-            for job in jobs:
-                yield _work(job)
-                bar.update()
+            results = map(_work_chunk, jobs)
+            for chunk in results:
+                yield from chunk
+                bar.update(len(chunk))
         else:
-            chunk = max(1, min(16, len(jobs) // (workers * 8)))
             with _pool_context().Pool(workers) as pool:
-                for res in pool.imap(_work, jobs, chunksize=chunk):
-                    yield res
-                    bar.update()
+                for chunk in pool.imap(_work_chunk, jobs):
+                    yield from chunk
+                    bar.update(len(chunk))
     finally:
         bar.close()
 

@@ -215,3 +215,27 @@ def test_full_resolution_originals_pass_untouched(rsna_fullres):
     for f in sorted(rsna_fullres.glob("*.png")):
         px = np.asarray(Image.open(f).convert("L"))
         assert outcome(px, model, QC_ON) == "ok", f.name
+
+
+def test_ingest_runs_qc_in_batches_with_the_per_image_verdicts(tmp_path, hands):
+    """ingest's chunks (QC on up to QC_BATCH images in one pass) give each image the
+    verdict QC gives it alone, and a chunk's bad files are rejected without harming it."""
+    from boneage.ingest import _work_chunk
+    from tests.corpus import qc_corpus
+
+    expected = qc_corpus(tmp_path, next(iter(hands.values())))
+    paths = sorted(tmp_path.iterdir())
+    base = load_params().ingest
+    cfg = base.model_copy(update={"qc": base.qc.model_copy(update={"enabled": True})})
+    results = _work_chunk((paths, cfg))
+    qc = load_qc("default")
+    for path, (rec, err) in zip(paths, results, strict=True):
+        want = expected[path.stem]
+        if want.startswith("error:"):
+            assert rec is None and err[0].value == want.removeprefix("error:"), path.name
+            continue
+        assert err is None, (path.name, err)
+        alone = qc.assess(np.asarray(Image.open(path).convert("L")))
+        assert rec["qc_flags"] == ";".join(alone.flags) == want, path.name
+        assert rec["qc_hand_score"] == pytest.approx(alone.hand_prob, abs=1e-5)
+        assert rec["qc_distance"] == pytest.approx(alone.distance, rel=1e-4)
