@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from boneage.config import AttendStageConfig
 from boneage.geometry import Affine, Box
+from boneage.imageio import write_png
 
 
 @dataclass
@@ -179,7 +180,7 @@ def cam_overlay(x: np.ndarray, cam: np.ndarray, row: dict, to_view: Affine, view
     draw.rectangle(b, outline=(0, 255, 0), width=2)
     draw.text((3, 3), f"{row['id']} {row['status']} age~{row['pred_age_months']:.0f}m",
               fill=(255, 255, 0))  # fmt: skip
-    img.save(path, compress_level=1)
+    write_png(path, img)
 
 
 def montage(paths: list[Path], out: Path, cols: int = 6) -> None:

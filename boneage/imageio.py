@@ -139,30 +139,42 @@ def resize_long_side(pixels: np.ndarray, long_side: int) -> tuple[np.ndarray, fl
 
 
 def encode_png(pixels: np.ndarray, compress_level: int = 1) -> bytes:
-    """2-D uint8 → a standard 8-bit grayscale PNG.
+    """2-D uint8 → an 8-bit grayscale PNG; H×W×3 uint8 → an 8-bit RGB PNG.
 
     Written directly (PNG "Sub" filter on every row + deflate) because encoding is the
     largest cost of ingest: Pillow's encoder (adaptive filters, zlib) is ~3x slower than
     Sub + zlib-RLE, and ISA-L's deflate (levels 0-3, used when `isal` is installed) is
     another ~5x faster at a similar size. Levels 4-9 use zlib. Any PNG reader decodes it.
     """
-    if pixels.dtype != np.uint8 or pixels.ndim != 2:
-        raise ValueError(f"encode_png needs a 2-D uint8 array, got {pixels.dtype} {pixels.shape}")
-    h, w = pixels.shape
-    raw = np.empty((h, w + 1), dtype=np.uint8)
-    raw[:, 0] = 1  # filter type 1 = Sub: each byte minus the byte to its left (mod 256)
-    raw[:, 1] = pixels[:, 0]
-    np.subtract(pixels[:, 1:], pixels[:, :-1], out=raw[:, 2:])
+    rgb = pixels.ndim == 3 and pixels.shape[2] == 3
+    if pixels.dtype != np.uint8 or not (pixels.ndim == 2 or rgb):
+        raise ValueError(f"encode_png needs a 2-D or H×W×3 uint8 array, got {pixels.dtype} "
+                         f"{pixels.shape}")  # fmt: skip
+    h, w = pixels.shape[:2]
+    bpp = 3 if rgb else 1  # bytes per pixel: Sub subtracts the byte one pixel to the left
+    row = np.ascontiguousarray(pixels).reshape(h, w * bpp)
+    raw = np.empty((h, w * bpp + 1), dtype=np.uint8)
+    raw[:, 0] = 1  # filter type 1 = Sub: each byte minus the same byte of the pixel before
+    raw[:, 1 : 1 + bpp] = row[:, :bpp]
+    np.subtract(row[:, bpp:], row[:, :-bpp], out=raw[:, 1 + bpp :])
     if _isal_zlib is not None and compress_level <= 3:
         idat = _isal_zlib.compress(raw.tobytes(), compress_level)
     else:
         comp = zlib.compressobj(compress_level, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
         idat = comp.compress(raw.tobytes()) + comp.flush()
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)  # 8-bit, grayscale, no interlace
+    # 8-bit, grayscale (colour type 0) or truecolour (2), no interlace
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2 if rgb else 0, 0, 0, 0)
     return b"".join(
         [_PNG_SIGNATURE, _png_chunk(b"IHDR", ihdr), _png_chunk(b"IDAT", idat),
          _png_chunk(b"IEND", b"")]
     )  # fmt: skip
+
+
+def write_png(path: Path, image, compress_level: int = 1) -> None:
+    """Write a PIL image (L or RGB) or a uint8 array as PNG with `encode_png` (fast)."""
+    px = np.asarray(image.convert("RGB") if getattr(image, "mode", "L") not in ("L", "RGB")
+                    else image, dtype=np.uint8)  # fmt: skip
+    Path(path).write_bytes(encode_png(px, compress_level))
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

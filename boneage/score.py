@@ -36,6 +36,7 @@ from boneage.attend import attend
 from boneage.bundle import Bundle, OpenedModel, calibration_version
 from boneage.cohort import Candidate, Rejected, id_from_relpath, parse_sex
 from boneage.config import Params
+from boneage.imageio import write_png
 from boneage.ingest import ingest_candidates
 from boneage.ldl import distribution_quantiles, distribution_sd, expectation
 from boneage.localizer import STAGES, StagePaths, read_manifest
@@ -288,7 +289,7 @@ def _overlay(id_: str, split: str, store: ImageStore, regions: dict[str, pd.Data
                    f"hand=green R1=red R2=cyan", fill=(255, 255, 0))  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f".{id_}.png.tmp"
-    sheet.save(tmp, format="PNG", compress_level=1)
+    write_png(tmp, sheet)
     os.replace(tmp, out_dir / f"{id_}.png")
 
 

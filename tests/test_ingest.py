@@ -326,8 +326,14 @@ def test_png_encoder_roundtrips_through_pillow():
         with Image.open(__import__("io").BytesIO(data)) as img:
             assert img.format == "PNG" and img.mode == "L"
             np.testing.assert_array_equal(np.asarray(img), px)
-    with pytest.raises(ValueError):
-        encode_png(np.zeros((4, 4), np.uint16))
+    for shape in [(1, 1, 3), (7, 13, 3), (120, 77, 3)]:  # RGB (overlays)
+        px = rng.integers(0, 256, shape, dtype=np.uint8)
+        with Image.open(__import__("io").BytesIO(encode_png(px))) as img:
+            assert img.format == "PNG" and img.mode == "RGB"
+            np.testing.assert_array_equal(np.asarray(img), px)
+    for bad in (np.zeros((4, 4), np.uint16), np.zeros((4, 4, 4), np.uint8)):
+        with pytest.raises(ValueError):
+            encode_png(bad)
 
 
 def test_ingest_with_a_process_pool_from_a_worker_thread(tmp_path):
