@@ -259,7 +259,7 @@ def calibrate_models(
         data, _ = load_region_data(paths, val, tuple(meta["regions"]), int(meta["img_size"]))
         d = data["val"]
         with torch.no_grad():
-            p = predict(model, d, device)
+            p = predict(model, d, device, tta_shift=params.aggregator.tta_shift)
         models[name] = fit_calibration(
             expectation(p).numpy(), distribution_sd(p).numpy(), d.age.numpy(),
             levels=cfg.levels, folds=cfg.folds, seed=cfg.seed,

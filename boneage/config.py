@@ -340,6 +340,9 @@ class AggregatorConfig(Strict):
     model: ModelConfig
     train: TrainConfig
     augment: AugmentConfig
+    # test-time augmentation when predicting (evaluate, calibrate, score; not the training
+    # validation): the image and 4 copies shifted by this fraction of the side, averaged
+    tta_shift: float = Field(ge=0, lt=0.5)
 
     @field_validator("regions")
     @classmethod

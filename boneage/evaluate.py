@@ -122,7 +122,7 @@ def evaluate(
     raw_levels = None
     for split in ("train", "val", "test"):
         d = data[split]
-        p = predict(model, d, device)
+        p = predict(model, d, device, tta_shift=params.aggregator.tta_shift)
         frames.append(predictions_frame(d.ids, [split] * len(d), [str(sex_of[i]) for i in d.ids],
                                         d.age.numpy(), p, cfg.interval))  # fmt: skip
         if split == "test" and calibration is not None:

@@ -118,7 +118,7 @@ def _distribution_outputs(
     if keep:
         data = TensorData(keep, torch.from_numpy(x), torch.full((len(keep),), float("nan")),
                           torch.from_numpy(sex_code([sex[i] for i in keep])))  # fmt: skip
-        p = predict(model, data, device)
+        p = predict(model, data, device, tta_shift=opened.bundle.params.aggregator.tta_shift)
         mean, sd = expectation(p).numpy(), distribution_sd(p).numpy()
         cal = (opened.bundle.calibration or {}).get(comp)
         if cal is None:

@@ -80,18 +80,41 @@ def sex_code(values) -> np.ndarray:
 @torch.no_grad()
 def predict(
     model: AgeNet, data: TensorData, device: torch.device, batch_size: int = 64,
-    amp: str | bool = "auto", channels_last: bool = True,
+    amp: str | bool = "auto", channels_last: bool = True, tta_shift: float = 0.0,
 ) -> torch.Tensor:  # fmt: skip
-    """Age distributions [N, K] (float32, on CPU) for every image of `data`."""
+    """Age distributions [N, K] (float32, on CPU) for every image of `data`.
+
+    `tta_shift` > 0: test-time augmentation — each image is also seen shifted by that
+    fraction of its side left, right, up and down (5 views; pixels shifted in are black,
+    like the letterbox) and the 5 distributions are averaged."""
     model.eval()
     out = []
     for i in range(0, len(data), batch_size):
         xb = to_input(data.x[i : i + batch_size], device, channels_last)
         sb = data.sex[i : i + batch_size].to(device)
-        with autocast(device, amp):
-            logits = model(xb, sb)
-        out.append(torch.softmax(logits.float(), dim=1).cpu())
+        views = tta_views(xb, tta_shift) if tta_shift else [xb]
+        p = 0.0
+        for v in views:
+            with autocast(device, amp):
+                logits = model(v, sb)
+            p = p + torch.softmax(logits.float(), dim=1)
+        out.append((p / len(views)).cpu())
     return torch.cat(out) if out else torch.empty(0, model.cfg.k)
+
+
+def tta_views(x: torch.Tensor, shift: float) -> list[torch.Tensor]:
+    """x [B, C, H, W] and its copies shifted by round(shift × side) pixels right, left,
+    down and up, zero-filled (at least one pixel)."""
+    h, w = x.shape[-2:]
+    dx, dy = max(1, round(shift * w)), max(1, round(shift * h))
+    views = [x]
+    for d, dim in ((dx, 3), (-dx, 3), (dy, 2), (-dy, 2)):
+        v = torch.zeros_like(x)
+        n = x.shape[dim]
+        src = x.narrow(dim, 0, n - abs(d)) if d > 0 else x.narrow(dim, abs(d), n - abs(d))
+        v.narrow(dim, d if d > 0 else 0, n - abs(d)).copy_(src)
+        views.append(v)
+    return views
 
 
 def resize_batch(x: torch.Tensor, size: int, channels_last: bool) -> torch.Tensor:

@@ -8,7 +8,15 @@ import torch
 from boneage.config import AugmentConfig, ModelConfig, TrainConfig
 from boneage.models import AgeNet
 from boneage.tracking import Tracker
-from boneage.training import TensorData, fit, load_model, predict, resize_batch, save_model
+from boneage.training import (
+    TensorData,
+    fit,
+    load_model,
+    predict,
+    resize_batch,
+    save_model,
+    tta_views,
+)
 from tests.corpus import bar_task
 
 MCFG = ModelConfig(backbone="resnet18", pretrained="none", output_stride=32, k=240)
@@ -222,3 +230,26 @@ def test_resize_batch_antialiases_and_keeps_the_layout():
     inner = y[..., 1:-1, 1:-1]  # the borders weight a truncated filter
     assert torch.allclose(inner, torch.full_like(inner, 0.5), atol=0.02)
     assert resize_batch(x, 64, False) is x
+
+
+def test_tta_views_shift_by_whole_pixels_with_black_fill():
+    x = torch.arange(2 * 1 * 4 * 10, dtype=torch.float32).reshape(2, 1, 4, 10) + 1
+    views = tta_views(x, 0.2)  # 2 px along x (10 wide), 1 px along y (4 high)
+    assert len(views) == 5 and views[0] is x
+    right, left, down, up = views[1:]
+    assert torch.equal(right[..., 2:], x[..., :-2]) and (right[..., :2] == 0).all()
+    assert torch.equal(left[..., :-2], x[..., 2:]) and (left[..., -2:] == 0).all()
+    assert torch.equal(down[..., 1:, :], x[..., :-1, :]) and (down[..., :1, :] == 0).all()
+    assert torch.equal(up[..., :-1, :], x[..., 1:, :]) and (up[..., -1:, :] == 0).all()
+
+
+def test_predict_with_tta_averages_the_five_views():
+    torch.manual_seed(0)
+    data = _data(6, 0)
+    model = AgeNet(MCFG).eval()
+    got = predict(model, data, torch.device("cpu"), batch_size=4, amp="fp32", tta_shift=0.1)
+    x = data.x.float() / 255
+    with torch.no_grad():
+        want = torch.stack([torch.softmax(model(v, data.sex), 1) for v in tta_views(x, 0.1)])
+    torch.testing.assert_close(got, want.mean(0), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(got, predict(model, data, torch.device("cpu"), amp="fp32"))
