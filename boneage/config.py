@@ -560,6 +560,26 @@ def _load_defaults() -> dict[str, Any]:
 _DEFAULTS_RAW = _load_defaults()
 
 
+# Keys added after bundles were first sealed, with the value that reproduces how a model
+# made before them was made (the feature off). A bundle whose params lack one of these
+# loads with that value; any other missing key is an error (see `load_params`).
+ADDED_LATER: dict[str, Any] = {
+    "localizer.train.low_res_size": None,
+    "localizer.train.low_res_epochs": 0,
+    "aggregator.train.low_res_size": None,
+    "aggregator.train.low_res_epochs": 0,
+    "aggregator.tta_shift": 0.0,
+}
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    node = raw
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
 def load_params(
     path: str | Path = DEFAULT_PARAMS,
     overrides: dict[str, Any] | None = None,
@@ -586,6 +606,9 @@ def load_params(
             raise ConfigError(f"{path}: top level must be a mapping")
     if complete:
         gaps = [k for k in missing_keys(raw) if k.split(".")[0] in complete]
+        for k in [g for g in gaps if g in ADDED_LATER]:  # made before the key existed
+            _set_dotted(raw, k, ADDED_LATER[k])
+        gaps = [g for g in gaps if g not in ADDED_LATER]
         if gaps:
             more = " ..." if len(gaps) > 12 else ""
             raise ConfigError(f"{path}: does not state {len(gaps)} key(s) it must: "

@@ -94,6 +94,32 @@ def test_complete_sections_must_be_stated_in_full(tmp_path):
     assert config.load_params(f).ingest.workers == 1  # without `complete`: over params.yaml
 
 
+def test_a_bundle_made_before_a_key_existed_loads_with_the_feature_off(tmp_path):
+    """Keys added later (ADDED_LATER) take the value that reproduces how an older model
+    was made — not today's params.yaml value — and only those are exempt."""
+    import yaml
+
+    from boneage import config
+
+    full = config.defaults().model_dump(mode="json", by_alias=True)
+    full["aggregator"]["tta_shift"] = 0.25  # a value params.yaml might hold one day
+    for k in config.ADDED_LATER:
+        node = full
+        *parents, leaf = k.split(".")
+        for part in parents:
+            node = node[part]
+        del node[leaf]
+    f = tmp_path / "old_bundle_params.yaml"
+    f.write_text(yaml.safe_dump(full))
+    p = config.load_params(f, complete=("localizer", "aggregator"))
+    assert p.aggregator.tta_shift == 0.0 and p.aggregator.train.low_res_size is None
+    assert p.localizer.train.low_res_epochs == 0
+    del full["aggregator"]["img_size"]
+    f.write_text(yaml.safe_dump(full))
+    with pytest.raises(config.ConfigError, match=r"aggregator\.img_size"):
+        config.load_params(f, complete=("aggregator",))
+
+
 def test_trace_records_the_keys_a_process_reads(tmp_path):
     import json
     import subprocess
