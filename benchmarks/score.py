@@ -9,8 +9,9 @@ of `boneage.score.score_cohort` (ingest → attend hand/r1/r2 → aggregator + c
 predictions, overlays, report.html) so its peak RSS is its own.
 
 Forward-only: the same five networks (localizers at their trained size plus the CAM-size
-feature pass attend makes, aggregator, carpal head), the same batch sizes and input shapes,
-on tensors already in memory, N images each. Ratio = end-to-end / forward-only images/s
+feature pass attend makes, aggregator, carpal head — five passes each when the bundle's
+aggregator.tta_shift asks for test-time augmentation), the same batch sizes and input
+shapes, on tensors already in memory, N images each. Ratio = end-to-end / forward-only images/s
 (goal ≥ 0.8 on CPU).
 """
 
@@ -84,6 +85,7 @@ def forward_only(bundle_dir: Path, n: int) -> float:
                     model(small, sex)
                     model.feature_maps(x)
             total += time.perf_counter() - t0
+    views = 5 if b.params.aggregator.tta_shift else 1  # test-time augmentation: 5 passes
     for comp in ("aggregator", "carpal"):  # as score's predict runs them (amp auto)
         model, meta = load_model(b.component(comp), device)
         s, c, bs = int(meta["img_size"]), len(meta["regions"]), 64
@@ -92,9 +94,10 @@ def forward_only(bundle_dir: Path, n: int) -> float:
             x = torch.rand(m, c, s, s, device=device).contiguous(memory_format=cl)
             sex = torch.ones(m, device=device)
             t0 = time.perf_counter()
-            with autocast(device, "auto"):
-                logits = model(x, sex)
-            torch.softmax(logits.float(), 1)
+            for _ in range(views):
+                with autocast(device, "auto"):
+                    logits = model(x, sex)
+                torch.softmax(logits.float(), 1)
             total += time.perf_counter() - t0
     return total
 
