@@ -79,10 +79,10 @@ def cam_jobs(stage: str, params: Params, paths: StagePaths, model_dir: Path, ids
     return jobs
 
 
-def boxes_for(jobs: list, stage: str, scfg: AttendStageConfig, paths: StagePaths) -> pd.DataFrame:
-    """The regions rows attend would write for these jobs under setting `scfg`."""
-    ingest = ImageStore(paths.store)
-    view_store = ImageStore(paths.input_store(stage)) if stage == "r1" else None
+def boxes_for(jobs: list, stage: str, scfg: AttendStageConfig, ingest: ImageStore,
+              view_store: ImageStore | None) -> pd.DataFrame:  # fmt: skip
+    """The regions rows attend would write for these jobs under setting `scfg` (`ingest`:
+    the run's image store; `view_store`: the stage's input store, r1 only)."""
     rows = []
     for job in jobs:
         id_, split, view, cam, peak, age, to_view, view_to_orig, view_size, m_row = job
@@ -127,10 +127,12 @@ def tune_attend(
     if not jobs:
         raise ValueError(f"{paths.ingest}: no annotated image is in this run (RSNA ids only)")
     current = params.attend.stage(stage)
+    ingest = ImageStore(paths.store)  # opened once for every setting
+    view_store = ImageStore(paths.input_store(stage)) if stage == "r1" else None
     rows = []
     for setting in [{}, *settings]:
         scfg = AttendStageConfig.model_validate({**current.model_dump(), **setting})
-        frame = boxes_for(jobs, stage, scfg, paths)
+        frame = boxes_for(jobs, stage, scfg, ingest, view_store)
         per_image = score_frames({**others, stage: frame}, boxes, kps)
         area = (frame["x1"] - frame["x0"]) * (frame["y1"] - frame["y0"])
         row = {"current": not setting, **{k: json.dumps(v) for k, v in setting.items()},

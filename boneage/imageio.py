@@ -171,10 +171,8 @@ def encode_png(pixels: np.ndarray, compress_level: int = 1) -> bytes:
 
 
 def write_png(path: Path, image, compress_level: int = 1) -> None:
-    """Write a PIL image (L or RGB) or a uint8 array as PNG with `encode_png` (fast)."""
-    px = np.asarray(image.convert("RGB") if getattr(image, "mode", "L") not in ("L", "RGB")
-                    else image, dtype=np.uint8)  # fmt: skip
-    Path(path).write_bytes(encode_png(px, compress_level))
+    """Write an L or RGB PIL image (or a uint8 array) as PNG with `encode_png` (fast)."""
+    Path(path).write_bytes(encode_png(np.asarray(image), compress_level))
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

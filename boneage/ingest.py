@@ -66,17 +66,6 @@ class IngestResult:
 QC_BATCH = 16  # images per QC forward pass (and per pool task)
 
 
-def process_image(path: Path, cfg: IngestConfig) -> dict:
-    """Read, hash, decode, check, normalize and re-encode one image.
-
-    Returns the store fields (and DICOM-derived fields). Raises RejectError.
-    """
-    (rec, err), = _work_chunk(([path], cfg))  # fmt: skip
-    if err is not None:
-        raise RejectError(*err)
-    return rec
-
-
 def _decode_checked(path: Path, cfg: IngestConfig) -> tuple[dict, np.ndarray]:
     """Read, hash, decode and check one image (before QC): (fields so far, pixels)."""
     try:
@@ -196,8 +185,7 @@ def _iter_results(cands: list[Candidate], cfg: IngestConfig, workers: int, progr
                file=sys.stderr)  # fmt: skip
     try:
         if workers <= 1 or len(jobs) <= 1:
-            results = map(_work_chunk, jobs)
-            for chunk in results:
+            for chunk in map(_work_chunk, jobs):
                 yield from chunk
                 bar.update(len(chunk))
         else:
