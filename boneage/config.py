@@ -142,6 +142,10 @@ class IngestQCConfig(Strict):
 
 class IngestConfig(Strict):
     store_long_side: int = Field(ge=32)
+    # keep_aspect: long side resized, aspect kept; square: both sides resized to the long
+    # side (the short one stretched), as the RSNA 299-px copies were made. Boxes map back
+    # to input pixels per axis either way.
+    store_geometry: str = Field(pattern="^(keep_aspect|square)$")
     max_pixels: int = Field(ge=1)
     min_std: float = Field(ge=0)
     png_compress_level: int = Field(ge=0, le=9)
@@ -569,6 +573,7 @@ ADDED_LATER: dict[str, Any] = {
     "aggregator.train.low_res_size": None,
     "aggregator.train.low_res_epochs": 0,
     "aggregator.tta_shift": 0.0,
+    "ingest.store_geometry": "keep_aspect",
 }
 
 

@@ -138,6 +138,22 @@ def resize_long_side(pixels: np.ndarray, long_side: int) -> tuple[np.ndarray, fl
     return np.asarray(out, dtype=np.uint8), scale
 
 
+def resize_square(pixels: np.ndarray, long_side: int) -> tuple[np.ndarray, float]:
+    """Resize to a square whose side is the long side, at most `long_side`: the short side
+    is stretched to it (the geometry of the RSNA 299-px copies, which are squashed
+    squares). Returns the image and the scale factor stored/original of the long side; the
+    short side's own factor is store side / its original length.
+    """
+    h, w = pixels.shape
+    longest = max(h, w)
+    side = min(longest, long_side)
+    if h == w == side:
+        return pixels, 1.0
+    img = Image.fromarray(pixels)
+    out = img.resize((side, side), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return np.asarray(out, dtype=np.uint8), side / longest
+
+
 def encode_png(pixels: np.ndarray, compress_level: int = 1) -> bytes:
     """2-D uint8 → an 8-bit grayscale PNG; H×W×3 uint8 → an 8-bit RGB PNG.
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from boneage.cohort import Candidate, Cohort, Rejected, discover
 from boneage.config import IngestConfig
-from boneage.imageio import decode_file, encode_png, resize_long_side
+from boneage.imageio import decode_file, encode_png, resize_long_side, resize_square
 from boneage.rejects import Reason, RejectError
 from boneage.split import assign_split, split_balance
 from boneage.store import StoreWriter
@@ -110,7 +110,8 @@ def _finish_image(rec: dict, px, verdict, cfg: IngestConfig) -> dict:
         px = verdict.pixels
         qc = {"qc_flags": ";".join(verdict.flags), "qc_hand_score": verdict.hand_prob,
               "qc_distance": verdict.distance}  # fmt: skip
-    small, scale = resize_long_side(px, cfg.store_long_side)
+    resize = resize_square if cfg.store_geometry == "square" else resize_long_side
+    small, scale = resize(px, cfg.store_long_side)
     return {
         "png": encode_png(small, cfg.png_compress_level),
         "height": int(small.shape[0]),

@@ -15,7 +15,7 @@ from PIL import Image
 
 from boneage.cohort import CohortError
 from boneage.config import IngestConfig
-from boneage.imageio import decode_png, resize_long_side
+from boneage.imageio import decode_png, resize_long_side, resize_square
 from boneage.ingest import ingest
 from boneage.rejects import Reason
 from boneage.store import ImageStore
@@ -214,6 +214,30 @@ def test_store_holds_resized_images_and_hashes(tmp_path):
     np.testing.assert_array_equal(img.pixels, expected)
     assert img.sha256 == hashlib.sha256((d / "big.png").read_bytes()).hexdigest()
     assert m.loc["big", "sha256"] == img.sha256
+
+
+def test_square_geometry_stretches_the_short_side_and_records_both_sizes(tmp_path):
+    d = tmp_path / "c"
+    src = textured(300, 200, seed=5)  # portrait: 300 high, 200 wide
+    save(d / "big.png", src)
+    save(d / "small.png", textured(40, 30, seed=6))
+    labels = _csv(tmp_path / "l.csv", "id,boneage,male\nbig,10,1\nsmall,20,0")
+    cfg = CFG.model_copy(update={"store_geometry": "square"})
+    m = ingest(d, labels, tmp_path / "out", cfg, progress=False).manifest.set_index("id")
+    assert (m.loc["big", "store_height"], m.loc["big", "store_width"]) == (64, 64)
+    assert (m.loc["big", "orig_height"], m.loc["big", "orig_width"]) == (300, 200)
+    assert m.loc["big", "scale"] == pytest.approx(64 / 300)  # the long side's factor
+    # no larger than the original's long side: the short side stretched, nothing upscaled
+    assert (m.loc["small", "store_height"], m.loc["small", "store_width"]) == (40, 40)
+    store = ImageStore(tmp_path / "out" / "store")
+    expected, _ = resize_square(src, 64)
+    assert expected.shape == (64, 64)
+    np.testing.assert_array_equal(store.get("big").pixels, expected)
+    # a column of the source maps to the same relative column of the stored square
+    edge = np.zeros((300, 200), np.uint8)
+    edge[:, 100:] = 255
+    sq, _ = resize_square(edge, 64)
+    assert sq[:, :30].max() < 40 and sq[:, 34:].min() > 215
 
 
 def test_rgb_16bit_and_exif_orientation(tmp_path):

@@ -22,16 +22,17 @@ W, H = 1500, 2000  # a non-square "full-resolution" original
 HAND = (300, 200, 1200, 1800)  # the bright object's pixels: [x0, x1) x [y0, y1)
 
 
-def _hand_bundle(tmp_path):
+def _hand_bundle(tmp_path, geometry="keep_aspect"):
     """Tiny bundle whose hand box is the radiograph's foreground component, no margin
     (image QC off: the test image is a drawn rectangle, which QC rightly calls no hand)."""
     p = tiny_params(attend={"hand": {"cam_size": 128, "crop_size": 96, "margin": 0.0,
                                      "tau": 0.01, "refine": "foreground"}},
-                    score={"qc": False})  # fmt: skip
+                    score={"qc": False}, ingest={"store_geometry": geometry})  # fmt: skip
     return make_bundle(tmp_path, age=120, params=p)
 
 
-def test_a_known_hand_box_round_trips_to_input_pixels(tmp_path):
+@pytest.mark.parametrize("geometry", ["keep_aspect", "square"])
+def test_a_known_hand_box_round_trips_to_input_pixels(tmp_path, geometry):
     img = np.full((H, W), 20, np.uint8)
     x0, y0, x1, y1 = HAND
     img[y0:y1, x0:x1] = 200
@@ -40,7 +41,7 @@ def test_a_known_hand_box_round_trips_to_input_pixels(tmp_path):
     cohort.mkdir()
     Image.fromarray(img).save(cohort / "p1.png")
     out = tmp_path / "out"
-    score_cohort(str(_hand_bundle(tmp_path)), cohort, out)
+    score_cohort(str(_hand_bundle(tmp_path, geometry)), cohort, out)
     row = pd.read_csv(out / "predictions.csv").iloc[0]
     assert row["status"] == "ok"
     assert (row["image_width"], row["image_height"]) == (W, H)
