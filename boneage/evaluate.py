@@ -6,7 +6,9 @@ Writes to OUT (default data/reports/evaluate):
   mean predicted SD, n, and the train-mean predictor's MAE on the same images;
 - `predictions.parquet`: one row per labelled image of every split (split column), with
   prediction, SD, interval bounds and error; images that lacked a region have
-  status=excluded and the reason;
+  status=excluded and the reason. Test-time augmentation (aggregator.tta_shift) applies
+  to the val and test rows, which every reported figure uses; the training split's rows
+  are single-view predictions (with TTA they were most of evaluate's time);
 - `plots/*.png`: predicted vs true, Bland–Altman, MAE by age band, error histogram;
 - `plots/*.csv`: the same data for `dvc plots show` (declared in dvc.yaml).
 """
@@ -122,7 +124,8 @@ def evaluate(
     raw_levels = None
     for split in ("train", "val", "test"):
         d = data[split]
-        p = predict(model, d, device, tta_shift=params.aggregator.tta_shift)
+        tta = 0.0 if split == "train" else params.aggregator.tta_shift
+        p = predict(model, d, device, tta_shift=tta)
         frames.append(predictions_frame(d.ids, [split] * len(d), [str(sex_of[i]) for i in d.ids],
                                         d.age.numpy(), p, cfg.interval))  # fmt: skip
         if split == "test" and calibration is not None:
@@ -144,6 +147,7 @@ def evaluate(
     train_mean = float(data["train"].age.mean()) if len(data["train"]) else math.nan
     metrics["mae_predict_train_mean"] = float((test["true_months"] - train_mean).abs().mean())
     metrics["regions"] = region_name(regions)
+    metrics["tta_shift"] = params.aggregator.tta_shift
     metrics["n_test_excluded"] = int(((preds["split"] == "test")
                                       & (preds["status"] == "excluded")).sum())  # fmt: skip
     if calibration is not None:
