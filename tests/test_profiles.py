@@ -28,11 +28,20 @@ def test_every_profile_is_valid_params(path):
     load_params(path)
 
 
-def test_small_ablation_profile_differs_from_the_full_one_only_in_its_budget_and_rows():
-    full = yaml.safe_load((REPO / "profiles" / "rsna_cpu_full.yaml").read_text())
-    small = yaml.safe_load((REPO / "profiles" / "rsna_cpu_ablation_small.yaml").read_text())
+@pytest.mark.parametrize("full_name, small_name", [
+    ("rsna_cpu_full.yaml", "rsna_cpu_ablation_small.yaml"),
+    ("rsna_cpu_v4.yaml", "rsna_cpu_v4_ablation_small.yaml"),
+])  # fmt: skip
+def test_small_ablation_profile_differs_from_the_full_one_only_in_its_budget_and_rows(
+    full_name, small_name
+):
+    full = yaml.safe_load((REPO / "profiles" / full_name).read_text())
+    small = yaml.safe_load((REPO / "profiles" / small_name).read_text())
+    assert len(small["ablation"]["configs"]) > 1
     for p in (full, small):
-        p["aggregator"]["img_size"] = p["aggregator"]["train"]["epochs"] = None
+        agg = p["aggregator"]
+        agg["img_size"] = agg["train"]["epochs"] = agg["tta_shift"] = None
+        agg["train"]["low_res_size"] = agg["train"]["low_res_epochs"] = None
         p["ablation"]["configs"] = None
     assert small == full
 
