@@ -210,3 +210,18 @@ def test_bundle_with_another_aggregator_describes_it_in_its_params(tmp_path):
     assert meta["regions"] == params["aggregator"]["regions"] == ["R1"]
     assert params["aggregator"]["img_size"] == 48
     assert open_model(out).bundle.params.aggregator.regions == ("R1",)
+
+
+def test_card_states_the_budget_the_ablation_rows_shared():
+    from boneage.modelcard import _ablation_lines
+
+    row = {"regions": "H+R1+R2", "val_mae": 8.5, "test_mae": 8.25, "test_rmse": 11.0,
+           "coverage": 0.9, "paper_mae": 4.8}  # fmt: skip
+    budget = {"backbone": "tf_efficientnet_lite0", "img_size": 160, "epochs": 4,
+              "batch_size": 32, "seed": 0}  # fmt: skip
+    ab = {"budget": budget, "rows": [row, {**row, "regions": "O"}]}
+    md = "\n".join(_ablation_lines(ab))
+    assert "tf_efficientnet_lite0 at 160 px, 4 epochs, batch 32, seed 0" in md
+    assert "| H+R1+R2 | 8.50 | 8.25 | 11.00 | 90 % | 4.8 |" in md and "| O | 8.50 |" in md
+    assert "not recorded" in "\n".join(_ablation_lines({"rows": [row]}))
+    assert _ablation_lines(None) == []
