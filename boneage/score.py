@@ -263,21 +263,22 @@ def typed_predictions(df: pd.DataFrame) -> pd.DataFrame:
 def _overlay(id_: str, split: str, store: ImageStore, regions: dict[str, pd.DataFrame],
              hand_reports: Path, row: dict, out_dir: Path, side: int = 384) -> None:  # fmt: skip
     """overlays/ID.png: left the hand localizer's input with its CAM (red) and box; right
-    the stored image with the hand (green), R1 (red) and R2 (cyan) boxes."""
+    the stored image at the input's own aspect ratio (a store of squares is stretched
+    back) with the hand (green), R1 (red) and R2 (cyan) boxes."""
     img = store.get(id_).pixels
-    h, w = img.shape
-    rgb = Image.fromarray(img).convert("RGB")
-    draw = ImageDraw.Draw(rgb)
-    lw = max(2, round(max(h, w) / 250))
+    first = regions[STAGES[0]].loc[id_]
+    ow, oh = float(first["orig_width"]), float(first["orig_height"])
+    f = side / max(ow, oh)
+    tw, th = max(1, round(ow * f)), max(1, round(oh * f))
+    right = Image.fromarray(img).convert("RGB").resize((tw, th), Image.Resampling.LANCZOS)
+    draw = ImageDraw.Draw(right)
     for stage in STAGES:
         r = regions[stage].loc[id_]
         if r["status"] == "error" or pd.isna(r["x0"]):
             continue
-        sx, sy = w / float(r["orig_width"]), h / float(r["orig_height"])
+        sx, sy = tw / float(r["orig_width"]), th / float(r["orig_height"])
         draw.rectangle([r["x0"] * sx, r["y0"] * sy, r["x1"] * sx, r["y1"] * sy],
-                       outline=COLOURS[stage], width=lw)  # fmt: skip
-    f = side / max(h, w)
-    right = rgb.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.LANCZOS)
+                       outline=COLOURS[stage], width=2)  # fmt: skip
     cam_f = hand_reports / "overlays" / f"{split}_{id_}.png"
     left = Image.open(cam_f).convert("RGB").resize((side, side)) if cam_f.is_file() else None
     sheet = Image.new("RGB", (2 * side, side + 22))

@@ -48,6 +48,16 @@ def test_a_known_hand_box_round_trips_to_input_pixels(tmp_path, geometry):
     found = [row[f"hand_{k}"] for k in ("x0", "y0", "x1", "y1")]
     # one pixel of the 128-px CAM view is 2000/128 = 15.6 input pixels
     assert found == pytest.approx(list(HAND), abs=2 * H / 128)
+    # the overlay shows the input at its own aspect ratio (a square store stretched back),
+    # the hand box (green) where it lies in the input: right panel, 384 px high, from y 22
+    sheet = np.asarray(Image.open(out / "overlays" / "p1.png").convert("RGB")).astype(int)
+    right = sheet[22:, 384:]
+    f = 384 / H
+    green = (right[..., 1] > 200) & (right[..., 0] < 60) & (right[..., 2] < 60)
+    ys, xs = np.nonzero(green)
+    x_off = (384 - round(W * f)) // 2
+    got = [xs.min() - x_off, ys.min(), xs.max() + 1 - x_off, ys.max() + 1]
+    assert got == pytest.approx([v * f for v in HAND], abs=2 * 384 / 128 + 3)
 
 
 def test_real_full_resolution_original_boxes_lie_in_its_pixels(tmp_path, rsna_fullres):
