@@ -130,12 +130,14 @@ def resize_long_side(pixels: np.ndarray, long_side: int) -> tuple[np.ndarray, fl
     if longest <= long_side:
         return pixels, 1.0
     scale = long_side / longest
-    new_w = max(1, round(w * scale))
-    new_h = max(1, round(h * scale))
-    img = Image.fromarray(pixels)
-    # reducing_gap: a fast integer box pre-reduction, then an antialiased resize.
-    out = img.resize((new_w, new_h), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    return np.asarray(out, dtype=np.uint8), scale
+    return _lanczos(pixels, max(1, round(w * scale)), max(1, round(h * scale))), scale
+
+
+def _lanczos(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Antialiased resize; reducing_gap: a fast integer box pre-reduction first."""
+    out = Image.fromarray(pixels).resize((width, height), Image.Resampling.LANCZOS,
+                                         reducing_gap=3.0)  # fmt: skip
+    return np.asarray(out, dtype=np.uint8)
 
 
 def resize_square(pixels: np.ndarray, long_side: int) -> tuple[np.ndarray, float]:
@@ -149,9 +151,7 @@ def resize_square(pixels: np.ndarray, long_side: int) -> tuple[np.ndarray, float
     side = min(longest, long_side)
     if h == w == side:
         return pixels, 1.0
-    img = Image.fromarray(pixels)
-    out = img.resize((side, side), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    return np.asarray(out, dtype=np.uint8), side / longest
+    return _lanczos(pixels, side, side), side / longest
 
 
 def encode_png(pixels: np.ndarray, compress_level: int = 1) -> bytes:

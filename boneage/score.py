@@ -276,8 +276,7 @@ def _overlay(id_: str, split: str, store: ImageStore, regions: dict[str, pd.Data
         r = regions[stage].loc[id_]
         if r["status"] == "error" or pd.isna(r["x0"]):
             continue
-        sx, sy = tw / float(r["orig_width"]), th / float(r["orig_height"])
-        draw.rectangle([r["x0"] * sx, r["y0"] * sy, r["x1"] * sx, r["y1"] * sy],
+        draw.rectangle([r["x0"] * f, r["y0"] * f, r["x1"] * f, r["y1"] * f],
                        outline=COLOURS[stage], width=2)  # fmt: skip
     cam_f = hand_reports / "overlays" / f"{split}_{id_}.png"
     left = Image.open(cam_f).convert("RGB").resize((side, side)) if cam_f.is_file() else None
