@@ -1,22 +1,27 @@
 """Attend throughput vs the localizer's forward passes alone, same inputs, one run.
 
-    python benchmarks/attend.py [--stage hand] [--n 240] [--params params.yaml]
+    python benchmarks/attend.py [--stage hand] [--n 240] [--params params.yaml] [--compare-fold]
 
 Needs a trained localizer and the stores it reads (`make run` produces them for the demo
 cohort; point --ingest/--attend-root/--model elsewhere for other data). Prints images/s
 of `boneage.attend.attend` (views decoded from the store, forward, CAM, connected
 components, boxes, crops from the highest resolution, crop/PNG stores) and of the same
 network forward passes on the same inputs already in memory, and the ratio (goal ≥ 0.8).
+`--compare-fold`: attend again with the localizer's batch norms folded into its
+convolutions (what model loading does) and as trained — images/s of each and how many
+boxes moved.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -38,6 +43,8 @@ def main() -> None:
     ap.add_argument("--ingest", type=Path, default=Path("data/interim/ingest"))
     ap.add_argument("--attend-root", type=Path, default=Path("data/processed/attend"))
     ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--compare-fold", action="store_true",
+                    help="also run attend with the batch norms folded and as trained")  # fmt: skip
     a = ap.parse_args()
     params = load_params(a.params)
     paths = StagePaths(a.ingest, a.attend_root)
@@ -80,6 +87,25 @@ def main() -> None:
     print(f"localizer forward only : {fwd:8.1f} images/s")
     print(f"boneage attend         : {att:8.1f} images/s  (status {summary['status']})")
     print(f"ratio attend/forward   : {att / fwd:8.2f}  (goal >= 0.8)")
+    if a.compare_fold:  # the same attend with the batch norms left as trained
+        import boneage.attend as attend_mod
+
+        with tempfile.TemporaryDirectory() as td:
+            runs = {}
+            for fold in (True, False):
+                attend_mod.load_model = functools.partial(load_model, fold=fold)
+                out, rep = Path(td) / f"attend_{fold}", Path(td) / f"reports_{fold}"
+                t0 = time.perf_counter()
+                s = attend(a.stage, params, paths, model_dir, out, rep, progress=False, limit=a.n)
+                runs[fold] = (s["n"] / (time.perf_counter() - t0),
+                              pd.read_parquet(out / "regions.parquet"))  # fmt: skip
+        cols = ["x0", "y0", "x1", "y1"]
+        moved = (runs[True][1][cols] - runs[False][1][cols]).abs().max(axis=1)
+        print(f"attend, batch norms as trained : {runs[False][0]:8.1f} images/s")
+        print(f"attend, batch norms folded     : {runs[True][0]:8.1f} images/s "
+              f"({runs[True][0] / runs[False][0]:.2f}x)")  # fmt: skip
+        print(f"boxes moved > 2 px by folding  : {int((moved > 2).sum())} of {len(moved)} "
+              f"(median move {float(moved.median()):.2f} px)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""fp32 vs bf16 autocast: the same trained aggregator's test-split predictions, on the same
-crops, in one run — MAE of each, how far the estimates move (mean, p99, max months) and
-the inference images/s of each.
+"""fp32 vs bf16 autocast, batch norms as trained vs folded into the convolutions
+(precision.fold_batchnorm, what every model load does for inference): the same trained
+aggregator's test-split predictions, on the same crops, in one run — MAE of each, how far
+the estimates move from unfolded fp32 (mean, p99, max months) and the inference images/s
+of each.
 
     python benchmarks/precision_drift.py --work WORK [--model WORK/models/aggregator]
 
@@ -39,26 +41,32 @@ def main() -> None:
     model_dir = a.model or a.work / "models" / "aggregator"
     paths = StagePaths(ingest, attend)
     cpu = torch.device("cpu")
-    model, meta = load_model(model_dir, cpu)
+    models = {fold: load_model(model_dir, cpu, fold=fold) for fold in (False, True)}
+    meta = models[False][1]
     data, _ = load_region_data(paths, read_manifest(paths.manifest), tuple(meta["regions"]),
                                int(meta["img_size"]))  # fmt: skip
     d = data[a.split]
-    est, ips = {}, {}
-    for amp in ("fp32", "bf16"):
-        t = time.perf_counter()
-        est[amp] = expectation(predict(model, d, cpu, a.batch, amp=amp)).numpy()
-        ips[amp] = len(d) / (time.perf_counter() - t)
     age = d.age.numpy()
-    moved = np.abs(est["bf16"] - est["fp32"])
+    rows, base = [], None
+    for fold in (False, True):
+        for amp in ("fp32", "bf16"):
+            model = models[fold][0].to(memory_format=torch.channels_last)
+            t = time.perf_counter()
+            est = expectation(predict(model, d, cpu, a.batch, amp=amp)).numpy()
+            ips = len(d) / (time.perf_counter() - t)
+            base = est if base is None else base
+            moved = np.abs(est - base)
+            rows.append({"batchnorm": "folded" if fold else "as trained", "amp": amp,
+                         "mae": float(np.abs(est - age).mean()),
+                         "moved_mean": float(moved.mean()),
+                         "moved_p99": float(np.quantile(moved, 0.99)),
+                         "moved_max": float(moved.max()), "img_s": ips})  # fmt: skip
     print(json.dumps({
         "model": str(model_dir), "regions": "+".join(meta["regions"]), "split": a.split,
-        "n": len(age), "native_bf16": cpu_native_bf16(),
-        "mae_fp32": float(np.abs(est["fp32"] - age).mean()),
-        "mae_bf16": float(np.abs(est["bf16"] - age).mean()),
-        "moved_mean": float(moved.mean()), "moved_p99": float(np.quantile(moved, 0.99)),
-        "moved_max": float(moved.max()),
-        "img_s_fp32": ips["fp32"], "img_s_bf16": ips["bf16"],
-        "speedup": ips["bf16"] / ips["fp32"],
+        "n": len(age), "native_bf16": cpu_native_bf16(), "rows": rows,
+        "speedup_bf16": rows[1]["img_s"] / rows[0]["img_s"],
+        "speedup_fold_bf16": rows[3]["img_s"] / rows[1]["img_s"],
+        "speedup_fold_fp32": rows[2]["img_s"] / rows[0]["img_s"],
     }, indent=1))  # fmt: skip
 
 

@@ -21,6 +21,7 @@ from torch import nn
 from boneage.backbones import create_backbone, input_stats
 from boneage.config import ModelConfig
 from boneage.ldl import expectation
+from boneage.precision import fold_batchnorm
 
 
 class AgeNet(nn.Module):
@@ -57,6 +58,17 @@ class AgeNet(nn.Module):
         self.sex_embed = nn.Linear(1, cfg.sex_dim) if cfg.sex_dim else None
         self.dropout = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(self.n_features + cfg.sex_dim, cfg.k)
+
+    def fold_batchnorm(self) -> int:
+        """Fold the backbones' batch norms into their convolutions (inference only; see
+        precision.fold_batchnorm). Returns the number of pairs folded."""
+        n = 0
+        for net in [self.backbone, *(self.branches or [])]:
+            first = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
+            gen = torch.Generator().manual_seed(0)
+            example = torch.rand(1, first.in_channels, 64, 64, generator=gen) * 4 - 2
+            n += fold_batchnorm(net, example)
+        return n
 
     def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, in_channels, H, W] floats in [0, 1] → [B, C, h, w]."""

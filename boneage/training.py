@@ -372,8 +372,12 @@ def save_model(model: AgeNet, out_dir: Path, config: dict[str, Any]) -> None:
     (out_dir / "config.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
 
 
-def load_model(model_dir: Path, device: str | torch.device = "cpu") -> tuple[AgeNet, dict]:
-    """Rebuild a saved AgeNet (no pretrained download: the weights come from model.pt)."""
+def load_model(
+    model_dir: Path, device: str | torch.device = "cpu", fold: bool = True
+) -> tuple[AgeNet, dict]:
+    """Rebuild a saved AgeNet for inference (no pretrained download: the weights come from
+    model.pt), in eval mode with its batch norms folded into the convolutions before them
+    (`fold`; precision.fold_batchnorm: same outputs, faster on the CPU)."""
     model_dir = Path(model_dir)
     cfg_path = model_dir / "config.json"
     if not cfg_path.is_file():
@@ -382,7 +386,10 @@ def load_model(model_dir: Path, device: str | torch.device = "cpu") -> tuple[Age
     model = AgeNet(ModelConfig(**meta["model"]), meta["in_channels"], load_pretrained=False)
     state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(expand_state(state, model_dir / "model.pt"))
-    model.to(device).eval()
+    model.eval()
+    if fold:
+        model.fold_batchnorm()
+    model.to(device)
     return model, meta
 
 
