@@ -264,6 +264,11 @@ def evaluate(
         Path | None,
         typer.Option(help="calibration.json (boneage calibrate): also report calibrated figures"),
     ] = None,
+    reuse: Annotated[
+        Path | None,
+        typer.Option(help="an earlier evaluate's report dir for the same model: take its "
+                     "predictions (checked) instead of predicting again"),  # fmt: skip
+    ] = None,
     params: ParamsOpt = DEFAULT_PARAMS,
     track: Annotated[bool, typer.Option(help="log to MLflow")] = True,
 ) -> None:
@@ -274,7 +279,8 @@ def evaluate(
     p = _params(params)
     try:
         cal = _aggregator_calibration(calibration, model) if calibration else None
-        m = run(p, _stage_paths(ingest_dir, attend_root), model, out, Tracker(track), cal)
+        m = run(p, _stage_paths(ingest_dir, attend_root), model, out, Tracker(track), cal,
+                reuse)  # fmt: skip
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(

@@ -15,6 +15,7 @@ Writes to OUT (default data/reports/evaluate):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 
 from boneage.aggregator import load_region_data, region_name
 from boneage.config import EvaluateConfig, Params
+from boneage.evaluate_plots import write_plots, write_reliability
 from boneage.ldl import distribution_quantiles, distribution_sd, expectation
 from boneage.localizer import StagePaths, read_manifest
 from boneage.precision import resolve_device
@@ -106,57 +108,44 @@ def evaluate(
     out_dir: Path,
     tracker: Tracker | None = None,
     calibration: dict | None = None,
+    reuse: Path | None = None,
 ) -> dict:
     """Evaluate the aggregator in model_dir on the test split; see the module docstring.
     `calibration`: the aggregator's fitted calibration (boneage.calibration); metrics then
     also report the calibrated estimates and intervals ('calibrated') beside the raw ones,
-    and plots/reliability.png compares their coverage with the nominal levels."""
+    and plots/reliability.png compares their coverage with the nominal levels.
+    `reuse`: an earlier evaluate's OUT for the same model weights, test-time augmentation
+    and test images: its predictions are taken instead of predicted again (checked, else
+    ValueError) — what the full-set profile does to add the calibration."""
     cfg = params.evaluate
-    device = resolve_device(params.aggregator.train.device)
-    model, meta = load_model(model_dir, device)
-    if meta.get("kind") != "aggregator":
-        raise ValueError(f"{model_dir} holds a {meta.get('kind')!r} model, not an aggregator")
-    regions = tuple(meta["regions"])
-    manifest = read_manifest(paths.manifest)
-    data, excluded = load_region_data(paths, manifest, regions, int(meta["img_size"]))
-    sex_of = manifest.set_index("id")["sex"]
-    frames = []
-    raw_levels = None
-    for split in ("train", "val", "test"):
-        d = data[split]
-        tta = 0.0 if split == "train" else params.aggregator.tta_shift
-        p = predict(model, d, device, tta_shift=tta)
-        frames.append(predictions_frame(d.ids, [split] * len(d), [str(sex_of[i]) for i in d.ids],
-                                        d.age.numpy(), p, cfg.interval))  # fmt: skip
-        if split == "test" and calibration is not None:
-            raw_levels = _raw_intervals(p, calibration)
-    if len(excluded):
-        ex = excluded.assign(
-            sex=[str(sex_of[i]) for i in excluded["id"]],
-            true_months=manifest.set_index("id").loc[excluded["id"], "boneage_months"].to_numpy(),
-            status="excluded",
-        ).rename(columns={"reason": "message"})
-        frames.append(ex)
-    preds = pd.concat([f for f in frames if len(f)], ignore_index=True).reindex(
-        columns=PREDICTION_COLUMNS
-    )
+    if reuse is not None:
+        preds, test_p, meta = _reused(Path(reuse), params, paths, model_dir)
+    else:
+        preds, test_p, meta = _predict_splits(params, paths, model_dir)
     test = preds[(preds["split"] == "test") & (preds["status"] == "ok")]
     if test.empty:
         raise ValueError("no test-split image could be evaluated (empty test split?)")
     metrics = compute_metrics(test, cfg)
-    train_mean = float(data["train"].age.mean()) if len(data["train"]) else math.nan
+    train = preds[(preds["split"] == "train") & (preds["status"] == "ok")]
+    train_mean = float(train["true_months"].mean()) if len(train) else math.nan
     metrics["mae_predict_train_mean"] = float((test["true_months"] - train_mean).abs().mean())
-    metrics["regions"] = region_name(regions)
+    metrics["regions"] = region_name(tuple(meta["regions"]))
     metrics["tta_shift"] = params.aggregator.tta_shift
     metrics["n_test_excluded"] = int(((preds["split"] == "test")
                                       & (preds["status"] == "excluded")).sum())  # fmt: skip
+    metrics["model_weights_sha256"] = _weights_sha256(model_dir)
+    if reuse is not None:
+        metrics["predictions_from"] = str(reuse)
     if calibration is not None:
+        raw_levels = _raw_intervals(test_p, calibration)
         preds = add_calibrated(preds, calibration, cfg.interval)
         test = preds[(preds["split"] == "test") & (preds["status"] == "ok")]
         metrics["calibrated"] = calibrated_metrics(test, raw_levels, calibration, cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     preds.to_parquet(out_dir / "predictions.parquet", index=False)
+    np.savez_compressed(out_dir / DISTRIBUTIONS, ids=test["id"].to_numpy(str),
+                        p=test_p.numpy().astype(np.float32))  # fmt: skip
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_plots(test, metrics, cfg, out_dir / "plots")
     if calibration is not None:
@@ -171,6 +160,86 @@ def evaluate(
         tracker.log_artifact(out_dir / "predictions.parquet")
         tracker.log_artifact(out_dir / "plots", "plots")
     return metrics
+
+
+DISTRIBUTIONS = "test_distributions.npz"  # the test rows' predicted age distributions
+
+
+def _weights_sha256(model_dir: Path) -> str:
+    h = hashlib.sha256()
+    with open(Path(model_dir) / "model.pt", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _predict_splits(
+    params: Params, paths: StagePaths, model_dir: Path
+) -> tuple[pd.DataFrame, torch.Tensor, dict]:
+    """Predict every split: (predictions frame, the test rows' distributions, the model's
+    config)."""
+    cfg = params.evaluate
+    device = resolve_device(params.aggregator.train.device)
+    model, meta = load_model(model_dir, device)
+    if meta.get("kind") != "aggregator":
+        raise ValueError(f"{model_dir} holds a {meta.get('kind')!r} model, not an aggregator")
+    regions = tuple(meta["regions"])
+    manifest = read_manifest(paths.manifest)
+    data, excluded = load_region_data(paths, manifest, regions, int(meta["img_size"]))
+    sex_of = manifest.set_index("id")["sex"]
+    frames = []
+    test_p = torch.zeros(0, 1)
+    for split in ("train", "val", "test"):
+        d = data[split]
+        tta = 0.0 if split == "train" else params.aggregator.tta_shift
+        p = predict(model, d, device, tta_shift=tta)
+        frames.append(predictions_frame(d.ids, [split] * len(d), [str(sex_of[i]) for i in d.ids],
+                                        d.age.numpy(), p, cfg.interval))  # fmt: skip
+        if split == "test":
+            test_p = p.float().cpu()
+    if len(excluded):
+        ex = excluded.assign(
+            sex=[str(sex_of[i]) for i in excluded["id"]],
+            true_months=manifest.set_index("id").loc[excluded["id"], "boneage_months"].to_numpy(),
+            status="excluded",
+        ).rename(columns={"reason": "message"})
+        frames.append(ex)
+    preds = pd.concat([f for f in frames if len(f)], ignore_index=True).reindex(
+        columns=PREDICTION_COLUMNS
+    )
+    return preds, test_p, meta
+
+
+def _reused(
+    src: Path, params: Params, paths: StagePaths, model_dir: Path
+) -> tuple[pd.DataFrame, torch.Tensor, dict]:
+    """An earlier evaluate's predictions, checked to be this model's (weights), with this
+    test-time augmentation and interval, on this manifest's test images."""
+    meta = json.loads((Path(model_dir) / "config.json").read_text())
+    if meta.get("kind") != "aggregator":
+        raise ValueError(f"{model_dir} holds a {meta.get('kind')!r} model, not an aggregator")
+    for name in ("metrics.json", "predictions.parquet", DISTRIBUTIONS):
+        if not (src / name).is_file():
+            raise FileNotFoundError(f"{src}: no {name} to reuse (evaluate it without --reuse)")
+    m = json.loads((src / "metrics.json").read_text())
+    why = []
+    if m.get("model_weights_sha256") != _weights_sha256(model_dir):
+        why.append(f"its model weights are not {model_dir / 'model.pt'}")
+    if m.get("tta_shift") != params.aggregator.tta_shift:
+        why.append(f"tta_shift {m.get('tta_shift')} != {params.aggregator.tta_shift}")
+    if m.get("interval") != params.evaluate.interval:
+        why.append(f"interval {m.get('interval')} != {params.evaluate.interval}")
+    preds = pd.read_parquet(src / "predictions.parquet").reindex(columns=PREDICTION_COLUMNS)
+    manifest = read_manifest(paths.manifest)
+    if set(preds["id"]) != set(manifest["id"]):
+        why.append(f"its images are not those of {paths.manifest}")
+    dist = np.load(src / DISTRIBUTIONS)
+    test_ids = preds.loc[(preds["split"] == "test") & (preds["status"] == "ok"), "id"]
+    if list(dist["ids"]) != test_ids.astype(str).tolist():
+        why.append(f"its {DISTRIBUTIONS} rows are not its test predictions")
+    if why:
+        raise ValueError(f"cannot reuse {src}: " + "; ".join(why))
+    return preds, torch.from_numpy(dist["p"]), meta
 
 
 def _raw_intervals(p: torch.Tensor, cal: dict) -> dict[str, np.ndarray]:
@@ -255,40 +324,6 @@ def calibrated_metrics(test: pd.DataFrame, raw: dict, cal: dict, cfg: EvaluateCo
     }  # fmt: skip
 
 
-def write_reliability(cm: dict, plot_dir: Path) -> None:
-    """Nominal vs observed coverage of the central intervals, before and after
-    calibration (plots/reliability.png and .csv)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    levels = sorted(cm["intervals_after"], key=float)
-    rows = [{"nominal": float(q), "observed_raw": cm["intervals_before"][q]["all"]["coverage"],
-             "observed_calibrated": cm["intervals_after"][q]["all"]["coverage"],
-             "width_raw_months": cm["intervals_before"][q]["all"]["mean_width_months"],
-             "width_calibrated_months": cm["intervals_after"][q]["all"]["mean_width_months"]}
-            for q in levels]  # fmt: skip
-    df = pd.DataFrame(rows)
-    plot_dir.mkdir(parents=True, exist_ok=True)
-    df.to_csv(plot_dir / "reliability.csv", index=False)
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect")
-    ax.plot(df["nominal"], df["observed_raw"], "o-", label="predicted distribution (raw)")
-    ax.plot(df["nominal"], df["observed_calibrated"], "s-",
-            label=f"calibrated ({cm['version']})")  # fmt: skip
-    for r in df.itertuples():
-        ax.annotate(f"{r.width_calibrated_months:.0f} mo", (r.nominal, r.observed_calibrated),
-                    textcoords="offset points", xytext=(4, -10), fontsize=7)  # fmt: skip
-    ax.set(xlabel="nominal coverage of the central interval",
-           ylabel="observed coverage (test split)", xlim=(0.4, 1), ylim=(0.4, 1.01),
-           title="Reliability of the intervals")  # fmt: skip
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(plot_dir / "reliability.png", dpi=110)
-    plt.close(fig)
-
-
 def _flat_numbers(d: dict, prefix: str) -> dict[str, float]:
     out = {}
     for k, v in d.items():
@@ -299,65 +334,3 @@ def _flat_numbers(d: dict, prefix: str) -> dict[str, float]:
             if math.isfinite(v):
                 out[key] = float(v)
     return out
-
-
-def write_plots(test: pd.DataFrame, metrics: dict, cfg: EvaluateConfig, plot_dir: Path) -> None:
-    """PNG plots + CSV plot data (for `dvc plots show`)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plot_dir.mkdir(parents=True, exist_ok=True)
-    t, p = test["true_months"].to_numpy(), test["pred_months"].to_numpy()
-    pd.DataFrame({"true_months": t, "pred_months": p}).to_csv(
-        plot_dir / "pred_vs_true.csv", index=False)  # fmt: skip
-    mean, diff = (t + p) / 2, p - t
-    pd.DataFrame({"mean_months": mean, "diff_months": diff}).to_csv(
-        plot_dir / "bland_altman.csv", index=False)  # fmt: skip
-    bands = metrics["mae_by_age_band"]
-    pd.DataFrame({"age_band": list(bands), "mae_months": [b["mae"] for b in bands.values()],
-                  "n": [b["n"] for b in bands.values()]}).to_csv(
-        plot_dir / "mae_by_age_band.csv", index=False)  # fmt: skip
-    counts, edges = np.histogram(diff, bins=30) if len(diff) else (np.zeros(0), np.zeros(1))
-    pd.DataFrame({"error_bin_months": np.round((edges[:-1] + edges[1:]) / 2, 1),
-                  "images": counts}).to_csv(plot_dir / "error_hist.csv", index=False)  # fmt: skip
-    title = f"{metrics['regions']} — test n={metrics['n']}, MAE {metrics['mae']:.2f} mo"
-
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.scatter(t, p, s=8, alpha=0.6)
-    lim = [0, max(240.0, float(np.nanmax(np.r_[t, p])) if len(t) else 240.0)]
-    ax.plot(lim, lim, "k--", lw=1)
-    ax.set(xlabel="true bone age (months)", ylabel="predicted (months)", xlim=lim, ylim=lim,
-           title=title)  # fmt: skip
-    fig.tight_layout()
-    fig.savefig(plot_dir / "pred_vs_true.png", dpi=110)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter(mean, diff, s=8, alpha=0.6)
-    bias, sd = float(np.mean(diff)), float(np.std(diff, ddof=1)) if len(diff) > 1 else 0.0
-    for y, style in ((bias, "-"), (bias + 1.96 * sd, "--"), (bias - 1.96 * sd, "--")):
-        ax.axhline(y, color="k", ls=style, lw=1)
-    ax.set(xlabel="mean of predicted and true (months)", ylabel="predicted − true (months)",
-           title=f"Bland–Altman: bias {bias:.2f}, limits ±{1.96 * sd:.2f} mo")  # fmt: skip
-    fig.tight_layout()
-    fig.savefig(plot_dir / "bland_altman.png", dpi=110)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    vals = [b["mae"] if b["mae"] is not None else 0.0 for b in bands.values()]
-    ax.bar(list(bands), vals)
-    for i, b in enumerate(bands.values()):
-        ax.text(i, vals[i], f"n={b['n']}", ha="center", va="bottom", fontsize=8)
-    ax.set(xlabel="true bone age band", ylabel="MAE (months)", title="MAE by age band")
-    fig.tight_layout()
-    fig.savefig(plot_dir / "mae_by_age_band.png", dpi=110)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.hist(diff, bins=30)
-    ax.set(xlabel="predicted − true (months)", ylabel="images", title="Error histogram")
-    fig.tight_layout()
-    fig.savefig(plot_dir / "error_hist.png", dpi=110)
-    plt.close(fig)
