@@ -235,12 +235,14 @@ def export_bundle(
 
 
 def read_timings(path: Path, machine: str | None) -> dict:
-    """timings.tsv (step, wall_s, cpu_s; cpu_s may be empty) → {'machine', 'steps'}."""
+    """timings.tsv (step, wall_s, cpu_s[, attempts]; cpu_s may be empty) → {'machine',
+    'steps'}."""
     df = pd.read_csv(path, sep="\t")
     if list(df.columns[:2]) != ["step", "wall_s"]:
         raise ValueError(f"{path}: not a timings.tsv (columns {list(df.columns)})")
     steps = [{"step": str(r["step"]), "wall_s": float(r["wall_s"]),
-              "cpu_s": None if pd.isna(r.get("cpu_s")) else float(r["cpu_s"])}
+              "cpu_s": None if pd.isna(r.get("cpu_s")) else float(r["cpu_s"]),
+              "attempts": 1 if pd.isna(r.get("attempts", 1)) else int(r.get("attempts", 1))}
              for r in df.to_dict("records")]  # fmt: skip
     return {"machine": machine or "not stated", "steps": steps}
 

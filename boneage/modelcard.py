@@ -148,9 +148,17 @@ def _timings_lines(t: dict | None) -> list[str]:
         return []
     lines = ["", f"Per-stage time of the run that produced it ({t['machine']}):", "",
              "| step | wall (min) | CPU (min) |", "|---|---:|---:|"]  # fmt: skip
+    resumed = False
     for r in t["steps"]:
         cpu = "—" if r["cpu_s"] is None else f"{r['cpu_s'] / 60:.1f}"
-        lines.append(f"| {r['step']} | {r['wall_s'] / 60:.1f} | {cpu} |")
+        k = r.get("attempts", 1)
+        if k > 1 and r["step"] != "total":
+            resumed = True
+        mark = f" ({k} attempts)" if k > 1 and r["step"] != "total" else ""
+        lines.append(f"| {r['step']}{mark} | {r['wall_s'] / 60:.1f} | {cpu} |")
+    if resumed:
+        lines += ["", "A step with more than one attempt was interrupted and resumed: its wall "
+                  "time adds up every attempt, its CPU time is the last attempt's."]
     return lines
 
 

@@ -6,8 +6,8 @@
 
 The same `boneage` commands the DVC stages run (ingest → validate → hand/r1/r2 localizers
 and attend → localization check → aggregator → evaluate → carpal head → ablation → for
-the row with the lowest VALIDATION MAE: calibrate → evaluate with calibration → bundle →
-export with model card),
+the row with the lowest VALIDATION MAE: calibrate → evaluate with calibration (the row's
+predictions reused, `evaluate --reuse`) → bundle → export with model card),
 with every path under DIR. Used for the full-set CPU profile, the GPU job and its CPU
 rehearsal (it needs no DVC, so it runs where DVC is not installed).
 
@@ -16,7 +16,9 @@ profile sections it reads, its command and the keys of the steps before it). Run
 command again after an interruption and finished steps are skipped; a training step
 continues from its last finished epoch (per-epoch checkpoints, boneage.training.fit).
 Changing a profile section re-runs from the first step that reads it. DIR/timings.tsv
-lists the steps' wall and CPU times (of the run that did them); `--until STEP` stops after
+lists the steps' wall times — a step a kill interrupted counts every attempt, each up to
+its last heartbeat (DIR/.steps/STEP.attempts, every 10 s) — their CPU times (of the
+attempt that finished) and attempts; `--until STEP` stops after
 STEP; `--skip STEP` (repeatable) leaves a step out, e.g. `validate` where Great
 Expectations is not installed (the GPU machine: profiles/gpu/job.sh).
 
@@ -36,12 +38,14 @@ import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+HEARTBEAT_S = 10.0  # how often a running step records its wall time so far
 NO_TRACK_ENV = "BONEAGE_NO_TRACK"  # boneage.tracking: no MLflow run in any command
 
 
@@ -106,8 +110,8 @@ def final_steps(a: argparse.Namespace, best: str) -> list[tuple[str, list[str]]]
         ("calibrate", ["calibrate", *loc, "--aggregator", agg, "--carpal", "models/carpal",
                        "--out", "models/calibration", *p]),
         ("evaluate_final", ["evaluate", *loc, "--model", agg, "--calibration", cal, "--out",
-                            "reports/evaluate_final", *(["--no-track"] if a.no_track else []),
-                            *p]),
+                            "reports/evaluate_final", "--reuse", f"reports/ablation/{best}",
+                            *(["--no-track"] if a.no_track else []), *p]),  # fmt: skip
         ("bundle", ["bundle", "--models-root", "models", "--aggregator", agg, "--calibration",
                     cal, "--out", "models/bundle", *p]),
         ("export", export),
@@ -223,30 +227,73 @@ class Steps:
             print(f"== {name}: done before, skipped", flush=True)
             return
         marker.unlink(missing_ok=True)
+        before = self.earlier_attempts(name)
         print(f"== {name}: boneage {' '.join(argv)}", flush=True)
         t0, cpu0 = time.perf_counter(), _children_cpu()
-        rc = subprocess.call([sys.executable, "-m", "boneage.cli", *argv], cwd=self.work)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(name, before, t0, stop),
+                                daemon=True)  # fmt: skip
+        beat.start()
+        try:
+            rc = subprocess.call([sys.executable, "-m", "boneage.cli", *argv], cwd=self.work)
+        finally:
+            stop.set()
+            beat.join()
         seconds, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
+        self._write_attempts(name, before, seconds)
         if rc != 0:
             raise SystemExit(f"step {name} failed (exit {rc}); fix and re-run to resume")
-        info = {"key": self.key, "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1),
+        # wall time of every attempt (an interrupted one up to its last heartbeat); the CPU
+        # time only of the attempt that finished (a killed process reports none)
+        info = {"key": self.key, "seconds": round(before["seconds"] + seconds, 1),
+                "cpu_seconds": round(cpu, 1), "attempts": before["attempts"] + 1,
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
         marker.write_text(json.dumps(info) + "\n")
+        (self.dir / f"{name}.attempts").unlink(missing_ok=True)
         self.write_timings()
-        print(f"== {name}: {seconds:.1f} s", flush=True)
+        print(f"== {name}: {info['seconds']:.1f} s"
+              + (f" over {info['attempts']} attempts" if info["attempts"] > 1 else ""),
+              flush=True)  # fmt: skip
+
+    def earlier_attempts(self, name: str) -> dict:
+        """Wall seconds and count of this step's earlier, unfinished attempts with the same
+        key (DIR/.steps/STEP.attempts, kept by a heartbeat while the step runs)."""
+        f = self.dir / f"{name}.attempts"
+        if f.is_file():
+            info = json.loads(f.read_text())
+            if info.get("key") == self.key:
+                return {"seconds": float(info["seconds"]), "attempts": int(info["attempts"])}
+        return {"seconds": 0.0, "attempts": 0}
+
+    def _write_attempts(self, name: str, before: dict, seconds: float) -> None:
+        info = {"key": self.key, "seconds": round(before["seconds"] + seconds, 1),
+                "attempts": before["attempts"] + 1}  # fmt: skip
+        tmp = self.dir / f"{name}.attempts.tmp"
+        tmp.write_text(json.dumps(info) + "\n")
+        tmp.replace(self.dir / f"{name}.attempts")
+
+    def _heartbeat(self, name: str, before: dict, t0: float, stop: threading.Event) -> None:
+        """At once and every HEARTBEAT_S, record how long this attempt has run, so a
+        killed run's time still counts in the step's wall time when a re-run finishes it."""
+        self._write_attempts(name, before, time.perf_counter() - t0)
+        while not stop.wait(HEARTBEAT_S):
+            self._write_attempts(name, before, time.perf_counter() - t0)
 
     def write_timings(self) -> None:
-        """timings.tsv: step, wall seconds, CPU seconds (user + system of the step's
-        processes: what the step costs whatever else shares the machine)."""
+        """timings.tsv: step, wall seconds (every attempt of a step a kill interrupted),
+        CPU seconds (user + system of the step's processes in the attempt that finished:
+        what the step costs whatever else shares the machine), attempts."""
         rows = []
         for f in sorted(self.dir.glob("*.json"), key=lambda f: f.stat().st_mtime):
             info = json.loads(f.read_text())
-            rows.append((f.stem, info["seconds"], info.get("cpu_seconds")))
-        total = sum(s for _, s, _ in rows)
-        cpu = sum(c or 0.0 for _, _, c in rows)
-        lines = ["step\twall_s\tcpu_s"]
-        lines += [f"{n}\t{s:.1f}\t{'' if c is None else f'{c:.1f}'}" for n, s, c in rows]
-        lines.append(f"total\t{total:.1f}\t{cpu:.1f}")
+            rows.append((f.stem, info["seconds"], info.get("cpu_seconds"),
+                         info.get("attempts", 1)))  # fmt: skip
+        total = sum(r[1] for r in rows)
+        cpu = sum(r[2] or 0.0 for r in rows)
+        lines = ["step\twall_s\tcpu_s\tattempts"]
+        lines += [f"{n}\t{s:.1f}\t{'' if c is None else f'{c:.1f}'}\t{k}"
+                  for n, s, c, k in rows]  # fmt: skip
+        lines.append(f"total\t{total:.1f}\t{cpu:.1f}\t{sum(r[3] for r in rows)}")
         (self.work / "timings.tsv").write_text("\n".join(lines) + "\n")
 
 

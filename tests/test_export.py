@@ -119,7 +119,8 @@ def test_export_writes_compact_bundle_and_a_card_of_what_it_measured(trained, tm
     bundle, cohort, ingest_dir = trained
     (tmp_path / "data.md").write_text("Test data, no terms.\n")
     (tmp_path / "timings.tsv").write_text(
-        "step\twall_s\tcpu_s\ningest\t12.0\t\naggregator\t600.0\t1150.5\ntotal\t612.0\t1150.5\n"
+        "step\twall_s\tcpu_s\tattempts\ningest\t12.0\t\t1\naggregator\t600.0\t1150.5\t2\n"
+        "total\t612.0\t1150.5\t3\n"
     )
     out = tmp_path / "ref"
     card = export_bundle(bundle, out, "int8", ingest=ingest_dir, cohort=cohort,
@@ -162,10 +163,11 @@ def test_export_writes_compact_bundle_and_a_card_of_what_it_measured(trained, tm
                  f"**{m['mae']:.2f}**", "## Training", "make it", "## Limitations",
                  "Greulich–Pyle", f"boneage score --model {out}",
                  "Per-stage time of the run that produced it (2 CPU cores)",
-                 "| ingest | 0.2 | — |", "| aggregator | 10.0 | 19.2 |"):  # fmt: skip
+                 "| ingest | 0.2 | — |", "| aggregator (2 attempts) | 10.0 | 19.2 |",
+                 "interrupted and resumed", "| total | 10.2 | 19.2 |"):  # fmt: skip
         assert part in md, part
     assert card["timings"]["steps"][1] == {"step": "aggregator", "wall_s": 600.0,
-                                           "cpu_s": 1150.5}  # fmt: skip
+                                           "cpu_s": 1150.5, "attempts": 2}  # fmt: skip
 
     # exporting again replaces the earlier export; an exported bundle is not re-exported
     export_bundle(bundle, out, "fp16")

@@ -4,6 +4,7 @@ checkpoints), on a tiny real RSNA subset."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -71,6 +72,8 @@ def test_killed_profile_resumes_without_rerunning_finished_epochs(tmp_path, rsna
     before = torch.load(ckpt, weights_only=False)
     k = before["epoch"]
     assert 2 <= k < 6
+    killed = json.loads((work / ".steps" / "aggregator.attempts").read_text())
+    assert killed["attempts"] == 1  # the heartbeat of the killed attempt
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     log = second.stdout + second.stderr
     assert second.returncode == 0, log[-3000:]
@@ -83,3 +86,9 @@ def test_killed_profile_resumes_without_rerunning_finished_epochs(tmp_path, rsna
     # epochs 1..k come from before the kill, untouched (their wall-clock stamps too)
     assert list(hist["seconds"][:k]) == pytest.approx([r["seconds"] for r in before["history"]])
     assert not ckpt.exists()  # removed once the model was saved
+    # the step's wall time counts both attempts (the killed one up to its last heartbeat)
+    marker = json.loads((work / ".steps" / "aggregator.json").read_text())
+    assert marker["attempts"] == 2 and marker["seconds"] >= killed["seconds"]
+    timings = pd.read_csv(work / "timings.tsv", sep="\t").set_index("step")
+    assert timings.loc["aggregator", "attempts"] == 2
+    assert timings.loc["ingest", "attempts"] == 1
