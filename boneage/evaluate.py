@@ -15,7 +15,6 @@ Writes to OUT (default data/reports/evaluate):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 from boneage.aggregator import load_region_data, region_name
 from boneage.config import EvaluateConfig, Params
 from boneage.evaluate_plots import write_plots, write_reliability
+from boneage.fingerprint import file_hash
 from boneage.ldl import distribution_quantiles, distribution_sd, expectation
 from boneage.localizer import StagePaths, read_manifest
 from boneage.precision import resolve_device
@@ -166,11 +166,7 @@ DISTRIBUTIONS = "test_distributions.npz"  # the test rows' predicted age distrib
 
 
 def _weights_sha256(model_dir: Path) -> str:
-    h = hashlib.sha256()
-    with open(Path(model_dir) / "model.pt", "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_hash(Path(model_dir) / "model.pt")
 
 
 def _predict_splits(
