@@ -111,10 +111,12 @@ def attend(
     progress: bool = True,
     limit: int | None = None,
     loaded: tuple | None = None,
+    review_sheet: bool = True,
 ) -> dict:
     """Run CAM localization for one stage over every image; see the module docstring.
     `loaded`: the (model, meta) of model_dir already loaded on the attend device (scoring
-    reuses them across shards)."""
+    reuses them across shards). `review_sheet`: also write reports_dir/overlays.png (a
+    montage of the overlays; scoring, whose reports are scratch, skips it)."""
     check_stage(stage)
     acfg = params.attend
     scfg = acfg.stage(stage)
@@ -220,7 +222,8 @@ def attend(
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (reports_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     overlays = sorted(overlay_dir.glob("*.png"))
-    if len(overlays) <= MONTAGE_MAX:  # a review sheet; hundreds of tiles help nobody
+    # a review sheet; hundreds of tiles help nobody
+    if review_sheet and len(overlays) <= MONTAGE_MAX:
         montage(overlays, reports_dir / "overlays.png")
     return summary
 

@@ -192,4 +192,4 @@ def montage(paths: list[Path], out: Path, cols: int = 6) -> None:
     sheet = Image.new("RGB", (cols * s, rows * s))
     for i, t in enumerate(tiles):
         sheet.paste(t, ((i % cols) * s, (i // cols) * s))
-    sheet.save(out)
+    write_png(out, sheet)

@@ -160,7 +160,7 @@ def score_candidates(
             comp = f"localizer_{stage}"
             attend(stage, _scoring_params(bundle, stage), paths, bundle.component(comp),
                    paths.attend_dir(stage), work / "reports" / stage, progress=False,
-                   loaded=opened.network(comp, device))  # fmt: skip
+                   loaded=opened.network(comp, device), review_sheet=False)  # fmt: skip
             regions[stage] = pd.read_parquet(paths.attend_dir(stage) / "regions.parquet")
             regions[stage] = regions[stage].set_index("id")
     m = manifest.set_index("id")
