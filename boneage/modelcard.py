@@ -157,8 +157,11 @@ def _timings_lines(t: dict | None) -> list[str]:
         mark = f" ({k} attempts)" if k > 1 and r["step"] != "total" else ""
         lines.append(f"| {r['step']}{mark} | {r['wall_s'] / 60:.1f} | {cpu} |")
     if resumed:
-        lines += ["", "A step with more than one attempt was interrupted and resumed: its wall "
-                  "time adds up every attempt, its CPU time is the last attempt's."]
+        lines += [
+            "",
+            "A step with more than one attempt was interrupted and resumed: its wall "
+            "time adds up every attempt, its CPU time is the last attempt's.",
+        ]
     return lines
 
 
