@@ -269,7 +269,7 @@ def evaluate(
         typer.Option(
             help="an earlier evaluate's report dir for the same model: take its "
             "predictions (checked) instead of predicting again"
-        ),  # fmt: skip
+        ),
     ] = None,
     params: ParamsOpt = DEFAULT_PARAMS,
     track: Annotated[bool, typer.Option(help="log to MLflow")] = True,
