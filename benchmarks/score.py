@@ -125,6 +125,8 @@ def main() -> None:
     if a.worker:
         worker(a.model, a.cohort, a.out)
         return
+    if a.repeat < 1:
+        ap.error(f"--repeat must be at least 1, got {a.repeat}")
     if not Path(a.model).exists() and "://" not in a.model and not a.model.startswith("models:"):
         raise SystemExit(f"{a.model}: no model bundle (run `make run` first, or pass --model)")
     torch.set_num_threads(torch.get_num_threads())
@@ -141,7 +143,7 @@ def main() -> None:
         # The two terms alternate so that a machine whose speed drifts (a shared host) slows
         # both alike; the best of each is the figure least disturbed by other load.
         runs, fwds = [], []
-        for k in range(max(1, a.repeat)):
+        for k in range(a.repeat):
             runs.append(run_worker(a.model, big, tmp / f"out-big-{k}"))
             fwds.append(forward_only(bundle_dir, 10 * a.n))
     r10 = min(runs, key=lambda r: r["seconds"])
